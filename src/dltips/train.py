@@ -1,0 +1,255 @@
+"""The training loop: `train(cfg, run_dir) -> metrics`, read top to bottom."""
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from dltips.checkpoint import atomic_save, atomic_write_json, load_checkpoint, resolve_resume
+from dltips.config import resolve_device, validate
+from dltips.data import load_dataset
+from dltips.early_stopping import EarlyStopping
+from dltips.errors import CheckpointError
+from dltips.losses import l1_penalty
+from dltips.models import layer_names, linear_layers
+from dltips.tensorboard_log import key_hparams, log_epoch, log_hparams, open_writer
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
+    bf16: bool, chunk: int = 10_000,
+) -> tuple[float, float]:
+    """(mean loss, accuracy) of `model` in eval mode over all of x, y."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for i in range(0, len(y), chunk):
+        xb, yb = x[i : i + chunk], y[i : i + chunk]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(xb)
+            loss_sum += criterion(logits, yb).float() * len(yb)
+        correct += (logits.argmax(dim=1) == yb).sum()
+    return (loss_sum / len(y)).item(), correct.item() / len(y)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train the configured network; write checkpoints, TensorBoard events and metrics.json."""
+    started = time.perf_counter()
+    validate(cfg)
+    device = resolve_device(cfg.trainer.device)
+    run_dir = Path(run_dir)
+    resumed = None
+    if cfg.trainer.resume:
+        ckpt_path, resumed_dir = resolve_resume(cfg.trainer.resume)
+        resumed = load_checkpoint(ckpt_path)
+        run_dir = resumed_dir or run_dir  # keep writing into the run we continue
+    ckpt_dir = run_dir / "checkpoints"
+    bf16 = str(cfg.trainer.precision) == "bf16"
+
+    # data: decoded once (cached), split, and moved to the device in one go
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.data, seed=cfg.seed).to(device)
+    train_set = TensorDataset(data.x_train, data.y_train)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    # the sampler yields whole index lists: each batch is one tensor gather, no per-sample work
+    batches = BatchSampler(RandomSampler(train_set, generator=shuffle),
+                           cfg.data.batch_size, drop_last=False)
+    loader = DataLoader(train_set, sampler=batches, batch_size=None)
+
+    model = instantiate(cfg.model, in_features=data.in_features, num_classes=data.num_classes)
+    model = model.to(device)
+    optimizer = instantiate(cfg.optim)(params=model.parameters())  # optim is a _partial_
+    criterion = instantiate(cfg.loss.criterion)
+    stopper = EarlyStopping(**cfg.trainer.early_stopping)
+    layers, names = linear_layers(model), layer_names(model)
+    num_params = sum(p.numel() for p in model.parameters())
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+
+    if resumed is not None:
+        start_epoch = restore(resumed, cfg, model, optimizer, stopper, shuffle, device, ckpt_path)
+        history = resumed["history"]
+        log.info("Resumed from %s at epoch %d; writing to %s", ckpt_path, start_epoch, run_dir)
+
+    log.info("Model (%d parameters) on %s:\n%s", num_params, device, model)
+    log.info("Data %s: %d train, %d val, %d test images", cfg.data.name,
+             len(data.y_train), len(data.y_val), len(data.y_test))
+    writer = open_writer(run_dir, start_epoch + 1)
+    status = "completed"
+    max_epochs = cfg.trainer.max_epochs
+    progress = tqdm(range(start_epoch + 1, max_epochs + 1), desc="epochs", unit="epoch",
+                    initial=start_epoch, total=max_epochs, disable=not sys.stderr.isatty())
+
+    with logging_redirect_tqdm():
+        for epoch in progress:
+            if stopper.should_stop:  # a resumed run that had already stopped
+                break
+            epoch_started = time.perf_counter()
+            model.train()
+            step_losses = []
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            grad_norm_sum = torch.zeros(len(layers), device=device)
+            for x, y in loader:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(x)
+                    loss = criterion(logits, y)
+                objective = loss + cfg.loss.l1 * l1_penalty(model) if cfg.loss.l1 else loss
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                # per-layer gradient norms show vanishing gradients in deep sigmoid networks
+                grad_norm_sum += torch.stack([layer.weight.grad.norm() for layer in layers])
+                if cfg.trainer.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+                optimizer.step()
+                # kept on the device: no host sync per step
+                step_losses.append(loss.detach().float() * len(y))
+                correct += (logits.argmax(dim=1) == y).sum()
+
+            # a NaN or infinite loss ends the run instead of training on garbage
+            losses = torch.stack(step_losses)
+            bad = (~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                status = "diverged"
+                log.error(
+                    "The loss became %s at epoch %d, step %d: training diverged. Try a lower "
+                    "learning rate (optim.lr=%g now) or trainer.grad_clip.",
+                    losses[bad[0, 0]].item(), epoch, bad[0, 0].item() + 1, cfg.optim.lr)
+                break
+
+            metrics = {"train/loss": (losses.sum() / len(data.y_train)).item(),
+                       "train/acc": correct.item() / len(data.y_train)}
+            metrics["val/loss"], metrics["val/acc"] = evaluate(
+                model, data.x_val, data.y_val, criterion, bf16)
+            history.append({"epoch": epoch, **metrics})
+            improved = stopper.update(metrics, epoch)
+
+            log.info("epoch %d/%d  %s  (%.2fs)%s", epoch, max_epochs,
+                     "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+                     time.perf_counter() - epoch_started, "  *best" if improved else "")
+            progress.set_postfix(val_acc=f"{metrics['val/acc']:.4f}")
+            grad_norms = (grad_norm_sum / len(batches)).tolist()
+            log_epoch(writer, epoch, {**metrics, "train/lr": optimizer.param_groups[0]["lr"],
+                                      **{f"grad_norm/{n}": g for n, g in zip(names, grad_norms)}})
+
+            state = {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "early_stopping": stopper.state_dict(),
+                "history": history,
+                "rng": rng_state(shuffle, device),
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            }
+            if improved:
+                atomic_save(state, ckpt_dir / "best.pt")
+            atomic_save(state, ckpt_dir / "last.pt")
+
+            if stopper.should_stop:
+                log.info("Early stopping: %s has not improved for %d epochs (best %.4f at "
+                         "epoch %d)", stopper.monitor, stopper.patience, stopper.best,
+                         stopper.best_epoch)
+                break
+
+    # final metrics: the reported weights, evaluated in eval mode over every split
+    if stopper.restore_best and (ckpt_dir / "best.pt").is_file():
+        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
+    final = {}
+    for split, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val),
+                        ("test", data.x_test, data.y_test)):
+        final[f"{split}/loss"], final[f"{split}/acc"] = evaluate(model, x, y, criterion, bf16)
+    epochs_trained = len(history)
+    result = {
+        "status": status,
+        **final,
+        "best_epoch": stopper.best_epoch,
+        "epochs_trained": epochs_trained,
+        "stopped_early": stopper.should_stop and epochs_trained < max_epochs,
+        "wall_seconds": time.perf_counter() - started,
+        "device": str(device),
+        "num_params": num_params,
+        "history": history,
+    }
+    result = _json_safe(result)
+    atomic_write_json(result, run_dir / "metrics.json")
+    log_hparams(writer, key_hparams(cfg), final, step=epochs_trained)
+    writer.close()
+    log.info("Final (%s, best epoch %d of %d):  train/acc %.4f  val/acc %.4f  test/acc %.4f",
+             status, stopper.best_epoch, epochs_trained,
+             final["train/acc"], final["val/acc"], final["test/acc"])
+    log.info("Outputs in %s", run_dir)
+    return result
+
+
+def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every random state the loop draws from, so a resumed run continues identically."""
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore(
+    ckpt: dict[str, Any], cfg: DictConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+    stopper: EarlyStopping, shuffle: torch.Generator, device: torch.device, path: Path,
+) -> int:
+    """Load a checkpoint's state into the freshly built objects; returns its epoch."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit the configured model or optimizer: "
+            f"{str(err).strip().splitlines()[0]}...\n  Resume with the same model and optim "
+            f"settings as the run that wrote it (see its .hydra/config.yaml)."
+        ) from err
+    _warn_config_changes(ckpt.get("config", {}), OmegaConf.to_container(cfg, resolve=True))
+    stopper.load_state_dict(ckpt["early_stopping"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    shuffle.set_state(ckpt["rng"]["shuffle"])
+    if device.type == "cuda" and "cuda" in ckpt["rng"]:
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return int(ckpt["epoch"])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _warn_config_changes(saved: dict, current: dict) -> None:
+    """Say which settings differ from the run being resumed (resume itself may differ)."""
+    old, new = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and k != "trainer.resume")
+    if changed:
+        log.warning("Resuming with settings that differ from the checkpoint's run: %s",
+                    ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become null, so metrics.json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
