@@ -1,10 +1,9 @@
 """Train a fully connected network from the Hydra configs in conf/.
 
-    python scripts/train.py model=relu optim=adam
-    python scripts/train.py -m model=sigmoid,relu optim=sgd,adam
+python scripts/train.py model=relu optim=adam
+python scripts/train.py -m model=sigmoid,relu optim=sgd,adam
 """
 
-import logging
 import math
 from pathlib import Path
 
@@ -15,8 +14,6 @@ from omegaconf import DictConfig
 from dltips.errors import UserError
 from dltips.train import train
 
-log = logging.getLogger("dltips")
-
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
@@ -24,7 +21,6 @@ def main(cfg: DictConfig) -> float:
     try:
         metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except UserError as err:
-        log.error("%s", err)
         raise SystemExit(f"error: {err}") from None
     monitor = cfg.trainer.early_stopping.monitor
     best = [h[monitor] for h in metrics["history"] if h["epoch"] == metrics["best_epoch"]]

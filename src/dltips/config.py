@@ -1,11 +1,11 @@
 """Checks of a composed config, so that a bad value fails before any training starts."""
 
+import importlib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig
 
 from dltips.errors import ConfigError
@@ -31,14 +31,19 @@ def _is_number(x: object) -> bool:
 def _target_problem(node: object, key: str, group: str, kind: type | None = None) -> str | None:
     """Why `node` (a mapping with a _target_) cannot be built, or None."""
     if not isinstance(node, Mapping) or "_target_" not in node:
-        return (f"{key}={node!r} is not a _target_ mapping. Pick a preset with "
-                f"{group}=<{presets(group)}>.")
+        return (
+            f"{key}={node!r} is not a _target_ mapping. Pick a preset with "
+            f"{group}=<{presets(group)}>."
+        )
     target = node["_target_"]
     try:
-        obj = get_object(target)
+        module, _, name = str(target).rpartition(".")
+        obj = getattr(importlib.import_module(module), name)
     except Exception:
-        return (f"{key}._target_={target} cannot be found. Pick a preset with "
-                f"{group}=<{presets(group)}>, or name an importable class.")
+        return (
+            f"{key}._target_={target} cannot be found. Pick a preset with "
+            f"{group}=<{presets(group)}>, or name an importable class."
+        )
     if kind is not None and not (isinstance(obj, type) and issubclass(obj, kind)):
         return f"{key}._target_={target} is not a {kind.__module__}.{kind.__name__}."
     return None
@@ -55,65 +60,107 @@ def validate(cfg: DictConfig) -> None:
     m = cfg.model
     check(_is_int(m.depth) and m.depth >= 1, f"model.depth={m.depth!r}: must be an integer >= 1.")
     if isinstance(m.width, Sequence | ListConfig) and not isinstance(m.width, str):
-        check(all(_is_int(w) and w >= 1 for w in m.width),
-              f"model.width={list(m.width)}: every width must be an integer >= 1.")
-        check(not _is_int(m.depth) or len(m.width) == m.depth,
-              f"model.width has {len(m.width)} entries but model.depth={m.depth}: "
-              f"give one width per hidden layer, or a single integer.")
+        check(
+            all(_is_int(w) and w >= 1 for w in m.width),
+            f"model.width={list(m.width)}: every width must be an integer >= 1.",
+        )
+        check(
+            not _is_int(m.depth) or len(m.width) == m.depth,
+            f"model.width has {len(m.width)} entries but model.depth={m.depth}: "
+            f"give one width per hidden layer, or a single integer.",
+        )
     else:
-        check(_is_int(m.width) and m.width >= 1,
-              f"model.width={m.width!r}: must be an integer >= 1 (or a list, one per layer).")
-    check(_is_number(m.dropout) and 0 <= m.dropout < 1,
-          f"model.dropout={m.dropout!r}: must be in [0, 1) (the probability of dropping a unit).")
-    check(m.init in ("default", "xavier", "kaiming"),
-          f"model.init={m.init!r}: must be default, xavier or kaiming.")
-    check(_is_int(m.get("pieces", 1)) and m.get("pieces", 1) >= 1,
-          f"model.pieces={m.get('pieces')!r}: must be an integer >= 1.")
+        check(
+            _is_int(m.width) and m.width >= 1,
+            f"model.width={m.width!r}: must be an integer >= 1 (or a list, one per layer).",
+        )
+    check(
+        _is_number(m.dropout) and 0 <= m.dropout < 1,
+        f"model.dropout={m.dropout!r}: must be in [0, 1) (the probability of dropping a unit).",
+    )
+    check(
+        m.init in ("default", "xavier", "kaiming"),
+        f"model.init={m.init!r}: must be default, xavier or kaiming.",
+    )
+    check(
+        _is_int(m.get("pieces", 1)) and m.get("pieces", 1) >= 1,
+        f"model.pieces={m.get('pieces')!r}: must be an integer >= 1.",
+    )
     problems.append(_target_problem(m.activation, "model.activation", "model", torch.nn.Module))
 
     o = cfg.optim
     problems.append(_target_problem(o, "optim", "optim", torch.optim.Optimizer))
-    check(_is_number(o.get("lr")) and o.get("lr") > 0,
-          f"optim.lr={o.get('lr')!r}: the learning rate must be a number > 0.")
-    check(_is_number(o.get("weight_decay", 0)) and o.get("weight_decay", 0) >= 0,
-          f"optim.weight_decay={o.get('weight_decay')!r}: must be a number >= 0.")
+    check(
+        _is_number(o.get("lr")) and o.get("lr") > 0,
+        f"optim.lr={o.get('lr')!r}: the learning rate must be a number > 0.",
+    )
+    check(
+        _is_number(o.get("weight_decay", 0)) and o.get("weight_decay", 0) >= 0,
+        f"optim.weight_decay={o.get('weight_decay')!r}: must be a number >= 0.",
+    )
 
     problems.append(_target_problem(cfg.loss.criterion, "loss.criterion", "loss", torch.nn.Module))
-    check(_is_number(cfg.loss.l1) and cfg.loss.l1 >= 0,
-          f"loss.l1={cfg.loss.l1!r}: must be a number >= 0 (0 = off).")
+    check(
+        _is_number(cfg.loss.l1) and cfg.loss.l1 >= 0,
+        f"loss.l1={cfg.loss.l1!r}: must be a number >= 0 (0 = off).",
+    )
 
     d = cfg.data
-    check(_is_int(d.batch_size) and d.batch_size >= 1,
-          f"data.batch_size={d.batch_size!r}: must be an integer >= 1.")
-    check(d.train_size is None or (_is_int(d.train_size) and d.train_size >= 1),
-          f"data.train_size={d.train_size!r}: must be null (all) or an integer >= 1.")
-    check(_is_int(d.val_size) and d.val_size >= 1,
-          f"data.val_size={d.val_size!r}: must be an integer >= 1 (validation drives early "
-          f"stopping and the best checkpoint).")
-    check(d.normalize in ("unit", "none", "standard"),
-          f"data.normalize={d.normalize!r}: must be unit, none or standard.")
-    check(_is_number(d.test_noise_std) and d.test_noise_std >= 0,
-          f"data.test_noise_std={d.test_noise_std!r}: must be a number >= 0 (0 = off).")
+    check(
+        _is_int(d.batch_size) and d.batch_size >= 1,
+        f"data.batch_size={d.batch_size!r}: must be an integer >= 1.",
+    )
+    check(
+        d.train_size is None or (_is_int(d.train_size) and d.train_size >= 1),
+        f"data.train_size={d.train_size!r}: must be null (all) or an integer >= 1.",
+    )
+    check(
+        _is_int(d.val_size) and d.val_size >= 1,
+        f"data.val_size={d.val_size!r}: must be an integer >= 1 (validation drives early "
+        f"stopping and the best checkpoint).",
+    )
+    check(
+        d.normalize in ("unit", "none", "standard"),
+        f"data.normalize={d.normalize!r}: must be unit, none or standard.",
+    )
+    check(
+        _is_number(d.test_noise_std) and d.test_noise_std >= 0,
+        f"data.test_noise_std={d.test_noise_std!r}: must be a number >= 0 (0 = off).",
+    )
 
     t = cfg.trainer
-    check(_is_int(t.max_epochs) and t.max_epochs >= 1,
-          f"trainer.max_epochs={t.max_epochs!r}: must be an integer >= 1.")
+    check(
+        _is_int(t.max_epochs) and t.max_epochs >= 1,
+        f"trainer.max_epochs={t.max_epochs!r}: must be an integer >= 1.",
+    )
     try:
         resolve_device(t.device)
     except ConfigError as err:
         problems.append(str(err))
-    check(str(t.precision) in ("32", "bf16"),
-          f"trainer.precision={t.precision!r}: must be 32 or bf16.")
-    check(t.grad_clip is None or (_is_number(t.grad_clip) and t.grad_clip > 0),
-          f"trainer.grad_clip={t.grad_clip!r}: must be null (off) or a number > 0.")
+    check(
+        str(t.precision) in ("32", "bf16"),
+        f"trainer.precision={t.precision!r}: must be 32 or bf16.",
+    )
+    check(
+        t.grad_clip is None or (_is_number(t.grad_clip) and t.grad_clip > 0),
+        f"trainer.grad_clip={t.grad_clip!r}: must be null (off) or a number > 0.",
+    )
     es = t.early_stopping
-    check(es.monitor in METRICS,
-          f"trainer.early_stopping.monitor={es.monitor!r}: must be one of {', '.join(METRICS)}.")
-    check(es.mode in ("min", "max"), f"trainer.early_stopping.mode={es.mode!r}: must be min or max.")
-    check(es.patience is None or (_is_int(es.patience) and es.patience >= 1),
-          f"trainer.early_stopping.patience={es.patience!r}: must be null (off) or an integer >= 1.")
-    check(_is_number(es.min_delta) and es.min_delta >= 0,
-          f"trainer.early_stopping.min_delta={es.min_delta!r}: must be a number >= 0.")
+    check(
+        es.monitor in METRICS,
+        f"trainer.early_stopping.monitor={es.monitor!r}: must be one of {', '.join(METRICS)}.",
+    )
+    check(
+        es.mode in ("min", "max"), f"trainer.early_stopping.mode={es.mode!r}: must be min or max."
+    )
+    check(
+        es.patience is None or (_is_int(es.patience) and es.patience >= 1),
+        f"trainer.early_stopping.patience={es.patience!r}: must be null (off) or an integer >= 1.",
+    )
+    check(
+        _is_number(es.min_delta) and es.min_delta >= 0,
+        f"trainer.early_stopping.min_delta={es.min_delta!r}: must be a number >= 0.",
+    )
 
     problems = [p for p in problems if p]
     if problems:

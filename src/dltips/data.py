@@ -81,21 +81,26 @@ def read_torchvision(
     from torchvision.datasets.utils import extract_archive
 
     cls = get_class(dataset)
-    raw = Path(root) / cls.__name__ / "raw"
+    raw = Path(root).resolve() / cls.__name__ / "raw"
     files = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
     missing = [f for f in files if not (raw / f).exists()]
     if missing and system_dir and all((Path(system_dir) / f"{f}.gz").exists() for f in missing):
         log.info("Using the %s files in %s (no download)", cls.__name__, system_dir)
+        raw.mkdir(parents=True, exist_ok=True)
         for f in missing:
             extract_archive(str(Path(system_dir) / f"{f}.gz"), str(raw))
         missing = []
 
     try:
-        splits = {split: cls(str(root), train=split == "train", download=download)
-                  for split in ("train", "test")}
+        splits = {
+            split: cls(str(root), train=split == "train", download=download)
+            for split in ("train", "test")
+        }
     except Exception as err:
         if missing or not all((raw / f).exists() for f in files):
-            raise DataError(_missing_files_message(cls.__name__, raw, files, download, err)) from err
+            raise DataError(
+                _missing_files_message(cls.__name__, raw, files, download, err)
+            ) from err
         raise DataError(_corrupt_files_message(raw, files, err)) from err
     return {
         "x_train": splits["train"].data.flatten(1),
@@ -127,8 +132,10 @@ def _corrupt_files_message(raw: Path, files: list[str], err: Exception) -> str:
         try:
             read_sn3_pascalvincent_tensor(str(raw / f))
         except Exception:
-            return (f"{raw / f} is not a valid IDX file (truncated or corrupt): "
-                    f"delete it and download or copy it again.")
+            return (
+                f"{raw / f} is not a valid IDX file (truncated or corrupt): "
+                f"delete it and download or copy it again."
+            )
     return f"Could not read the IDX files in {raw}/ ({type(err).__name__}: {err})"
 
 
@@ -141,7 +148,8 @@ def read_cached(cfg: DictConfig) -> dict[str, torch.Tensor]:
             return torch.load(cache, weights_only=True)
         except Exception as err:  # a cache is disposable: rebuild it
             log.warning("Ignoring unreadable cache %s (%s); decoding again", cache, err)
-    raw = instantiate(cfg.source, root=root, download=cfg.download)
+    read = instantiate(cfg.source, _partial_=True)  # called directly: its errors stay ours
+    raw = read(root=root, download=cfg.download)
     try:
         atomic_save(raw, cache)
     except OSError as err:  # a read-only data dir still trains, just without the cache

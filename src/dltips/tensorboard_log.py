@@ -54,8 +54,9 @@ def key_hparams(cfg: DictConfig) -> dict[str, Any]:
     return {k: "none" if v is None else v for k, v in values.items()}
 
 
-def log_hparams(writer: SummaryWriter, hparam_values: dict[str, Any],
-                final: dict[str, float], step: int) -> None:
+def log_hparams(
+    writer: SummaryWriter, hparam_values: dict[str, Any], final: dict[str, float], step: int
+) -> None:
     """Fill the HParams tab of this run (not a sub-run) with its hyperparameters and metrics.
 
     The metrics are also written as scalars `final/<name>`, which is where the plugin reads

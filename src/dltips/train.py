@@ -29,8 +29,12 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
-    bf16: bool, chunk: int = 10_000,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion: nn.Module,
+    bf16: bool,
+    chunk: int = 10_000,
 ) -> tuple[float, float]:
     """(mean loss, accuracy) of `model` in eval mode over all of x, y."""
     model.eval()
@@ -65,8 +69,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     train_set = TensorDataset(data.x_train, data.y_train)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     # the sampler yields whole index lists: each batch is one tensor gather, no per-sample work
-    batches = BatchSampler(RandomSampler(train_set, generator=shuffle),
-                           cfg.data.batch_size, drop_last=False)
+    batches = BatchSampler(
+        RandomSampler(train_set, generator=shuffle), cfg.data.batch_size, drop_last=False
+    )
     loader = DataLoader(train_set, sampler=batches, batch_size=None)
 
     model = instantiate(cfg.model, in_features=data.in_features, num_classes=data.num_classes)
@@ -85,13 +90,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("Resumed from %s at epoch %d; writing to %s", ckpt_path, start_epoch, run_dir)
 
     log.info("Model (%d parameters) on %s:\n%s", num_params, device, model)
-    log.info("Data %s: %d train, %d val, %d test images", cfg.data.name,
-             len(data.y_train), len(data.y_val), len(data.y_test))
+    log.info(
+        "Data %s: %d train, %d val, %d test images",
+        cfg.data.name,
+        len(data.y_train),
+        len(data.y_val),
+        len(data.y_test),
+    )
     writer = open_writer(run_dir, start_epoch + 1)
     status = "completed"
     max_epochs = cfg.trainer.max_epochs
-    progress = tqdm(range(start_epoch + 1, max_epochs + 1), desc="epochs", unit="epoch",
-                    initial=start_epoch, total=max_epochs, disable=not sys.stderr.isatty())
+    progress = tqdm(
+        range(start_epoch + 1, max_epochs + 1),
+        desc="epochs",
+        unit="epoch",
+        initial=start_epoch,
+        total=max_epochs,
+        disable=not sys.stderr.isatty(),
+    )
 
     with logging_redirect_tqdm():
         for epoch in progress:
@@ -126,23 +142,42 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 log.error(
                     "The loss became %s at epoch %d, step %d: training diverged. Try a lower "
                     "learning rate (optim.lr=%g now) or trainer.grad_clip.",
-                    losses[bad[0, 0]].item(), epoch, bad[0, 0].item() + 1, cfg.optim.lr)
+                    losses[bad[0, 0]].item(),
+                    epoch,
+                    bad[0, 0].item() + 1,
+                    cfg.optim.lr,
+                )
                 break
 
-            metrics = {"train/loss": (losses.sum() / len(data.y_train)).item(),
-                       "train/acc": correct.item() / len(data.y_train)}
+            metrics = {
+                "train/loss": (losses.sum() / len(data.y_train)).item(),
+                "train/acc": correct.item() / len(data.y_train),
+            }
             metrics["val/loss"], metrics["val/acc"] = evaluate(
-                model, data.x_val, data.y_val, criterion, bf16)
+                model, data.x_val, data.y_val, criterion, bf16
+            )
             history.append({"epoch": epoch, **metrics})
             improved = stopper.update(metrics, epoch)
 
-            log.info("epoch %d/%d  %s  (%.2fs)%s", epoch, max_epochs,
-                     "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-                     time.perf_counter() - epoch_started, "  *best" if improved else "")
+            log.info(
+                "epoch %d/%d  %s  (%.2fs)%s",
+                epoch,
+                max_epochs,
+                "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+                time.perf_counter() - epoch_started,
+                "  *best" if improved else "",
+            )
             progress.set_postfix(val_acc=f"{metrics['val/acc']:.4f}")
             grad_norms = (grad_norm_sum / len(batches)).tolist()
-            log_epoch(writer, epoch, {**metrics, "train/lr": optimizer.param_groups[0]["lr"],
-                                      **{f"grad_norm/{n}": g for n, g in zip(names, grad_norms)}})
+            log_epoch(
+                writer,
+                epoch,
+                {
+                    **metrics,
+                    "train/lr": optimizer.param_groups[0]["lr"],
+                    **{f"grad_norm/{n}": g for n, g in zip(names, grad_norms)},
+                },
+            )
 
             state = {
                 "epoch": epoch,
@@ -158,17 +193,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             atomic_save(state, ckpt_dir / "last.pt")
 
             if stopper.should_stop:
-                log.info("Early stopping: %s has not improved for %d epochs (best %.4f at "
-                         "epoch %d)", stopper.monitor, stopper.patience, stopper.best,
-                         stopper.best_epoch)
+                log.info(
+                    "Early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                    stopper.monitor,
+                    stopper.patience,
+                    stopper.best,
+                    stopper.best_epoch,
+                )
                 break
 
     # final metrics: the reported weights, evaluated in eval mode over every split
     if stopper.restore_best and (ckpt_dir / "best.pt").is_file():
         model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
     final = {}
-    for split, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val),
-                        ("test", data.x_test, data.y_test)):
+    for split, x, y in (
+        ("train", data.x_train, data.y_train),
+        ("val", data.x_val, data.y_val),
+        ("test", data.x_test, data.y_test),
+    ):
         final[f"{split}/loss"], final[f"{split}/acc"] = evaluate(model, x, y, criterion, bf16)
     epochs_trained = len(history)
     result = {
@@ -186,9 +228,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     atomic_write_json(result, run_dir / "metrics.json")
     log_hparams(writer, key_hparams(cfg), final, step=epochs_trained)
     writer.close()
-    log.info("Final (%s, best epoch %d of %d):  train/acc %.4f  val/acc %.4f  test/acc %.4f",
-             status, stopper.best_epoch, epochs_trained,
-             final["train/acc"], final["val/acc"], final["test/acc"])
+    log.info(
+        "Final (%s, best epoch %d of %d):  train/acc %.4f  val/acc %.4f  test/acc %.4f",
+        status,
+        stopper.best_epoch,
+        epochs_trained,
+        final["train/acc"],
+        final["val/acc"],
+        final["test/acc"],
+    )
     log.info("Outputs in %s", run_dir)
     return result
 
@@ -202,8 +250,14 @@ def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
 
 
 def restore(
-    ckpt: dict[str, Any], cfg: DictConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-    stopper: EarlyStopping, shuffle: torch.Generator, device: torch.device, path: Path,
+    ckpt: dict[str, Any],
+    cfg: DictConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stopper: EarlyStopping,
+    shuffle: torch.Generator,
+    device: torch.device,
+    path: Path,
 ) -> int:
     """Load a checkpoint's state into the freshly built objects; returns its epoch."""
     try:
@@ -237,11 +291,14 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def _warn_config_changes(saved: dict, current: dict) -> None:
     """Say which settings differ from the run being resumed (resume itself may differ)."""
     old, new = _flatten(saved), _flatten(current)
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k) and k != "trainer.resume")
+    changed = sorted(
+        k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k != "trainer.resume"
+    )
     if changed:
-        log.warning("Resuming with settings that differ from the checkpoint's run: %s",
-                    ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+        log.warning(
+            "Resuming with settings that differ from the checkpoint's run: %s",
+            ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed),
+        )
 
 
 def _json_safe(value: Any) -> Any:

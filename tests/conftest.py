@@ -1,0 +1,52 @@
+"""Shared fixtures: configs composed from conf/ and shrunk so every run takes seconds."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# small and fast, but still real data and the real loop
+TINY = ["model.width=64", "trainer.max_epochs=3"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_root(tmp_path_factory) -> Path:
+    """One data dir for the whole session (its cache is built once), never the repo's data/."""
+    root = tmp_path_factory.mktemp("data")
+    old = os.environ.get("DLTIPS_DATA_DIR")
+    os.environ["DLTIPS_DATA_DIR"] = str(root)
+    yield root
+    if old is None:
+        del os.environ["DLTIPS_DATA_DIR"]
+    else:
+        os.environ["DLTIPS_DATA_DIR"] = old
+
+
+def make_cfg(*overrides: str, tiny: bool = True) -> DictConfig:
+    """The train config with `overrides` (after the TINY ones), as scripts/train.py sees it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[*(TINY if tiny else []), *overrides])
+
+
+def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a script of scripts/ as a user would, capturing stdout and stderr together."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / args[0]), *args[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,0 +1,232 @@
+"""The training loop on the real bundled digits: learns, stops, resumes, logs."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import cuda, make_cfg
+from dltips.checkpoint import load_checkpoint
+from dltips.errors import CheckpointError, ConfigError
+from dltips.train import train
+
+
+def without_time(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "wall_seconds"}
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One short run of the default model (relu, adam), shared by the checks below."""
+    run_dir = tmp_path_factory.mktemp("run")
+    return run_dir, train(make_cfg(), run_dir)
+
+
+def test_short_run_learns_far_above_chance(default_run):
+    run_dir, metrics = default_run
+    assert metrics["status"] == "completed"
+    assert metrics["test/acc"] > 0.85  # chance is 0.10
+    assert metrics["train/acc"] >= metrics["test/acc"] - 0.05
+    assert metrics["epochs_trained"] == 3 and metrics["device"] == "cpu"
+    assert metrics["num_params"] == 784 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    for key in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "test/loss",
+        "test/acc",
+        "best_epoch",
+        "epochs_trained",
+        "stopped_early",
+        "wall_seconds",
+        "device",
+        "num_params",
+    ):
+        assert on_disk[key] == metrics[key]
+
+
+def test_final_train_acc_is_an_eval_pass_not_the_running_average(default_run):
+    _, metrics = default_run
+    last = metrics["history"][-1]
+    assert metrics["best_epoch"] == 3
+    assert metrics["train/acc"] != last["train/acc"]  # measured again, in eval mode
+    assert metrics["val/acc"] == last["val/acc"]
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, default_run):
+    _, first = default_run
+    assert without_time(train(make_cfg(), tmp_path)) == without_time(first)
+
+
+def test_checkpoints_hold_plain_state(default_run):
+    run_dir, _ = default_run
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(run_dir / "checkpoints" / name)
+        assert {"model", "optimizer", "epoch", "rng", "early_stopping", "history"} <= ckpt.keys()
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 3
+
+
+def test_tensorboard_has_scalars_grad_norms_and_hparams(default_run):
+    run_dir, metrics = default_run
+    events = EventAccumulator(str(run_dir)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "train/lr",
+        "grad_norm/hidden1",
+        "grad_norm/hidden2",
+        "grad_norm/output",
+        "final/test/acc",
+        "final/train/acc",
+    } <= tags
+    assert [e.step for e in events.Scalars("val/acc")] == [1, 2, 3]
+    assert events.Scalars("final/test/acc")[0].value == pytest.approx(metrics["test/acc"])
+
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]
+    ).experiment
+    assert "final/test/acc" in {m.name.tag for m in experiment.metric_infos}
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    assert start.hparams["model/activation"].string_value == "ReLU"
+    assert start.hparams["optim/lr"].number_value == pytest.approx(0.001)
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
+    # 200 images and a large lr overfit fast, so the validation loss turns up early
+    cfg = make_cfg(
+        "data.train_size=200",
+        "trainer.max_epochs=40",
+        "optim.lr=0.01",
+        "trainer.early_stopping.patience=2",
+    )
+    metrics = train(cfg, tmp_path)
+    best = metrics["best_epoch"]
+    assert metrics["stopped_early"] and metrics["epochs_trained"] < 40
+    assert metrics["epochs_trained"] == best + 2
+    assert metrics["val/loss"] == pytest.approx(metrics["history"][best - 1]["val/loss"])
+    assert metrics["val/loss"] < metrics["history"][-1]["val/loss"]
+
+
+def test_without_restore_best_the_last_weights_are_reported(tmp_path):
+    cfg = make_cfg(
+        "data.train_size=200",
+        "trainer.max_epochs=40",
+        "optim.lr=0.01",
+        "trainer.early_stopping.patience=2",
+        "trainer.early_stopping.restore_best=false",
+    )
+    metrics = train(cfg, tmp_path)
+    assert metrics["val/loss"] == pytest.approx(metrics["history"][-1]["val/loss"])
+
+
+def test_monitor_val_acc_in_max_mode(tmp_path):
+    cfg = make_cfg("trainer.early_stopping.monitor=val/acc", "trainer.early_stopping.mode=max")
+    metrics = train(cfg, tmp_path)
+    best = max(h["val/acc"] for h in metrics["history"])
+    assert metrics["val/acc"] == best
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    common = ["model.dropout=0.3", "trainer.early_stopping.patience=null"]  # dropout: RNG state
+    full = train(make_cfg(*common, "trainer.max_epochs=4"), tmp_path / "full")
+    train(make_cfg(*common, "trainer.max_epochs=2"), tmp_path / "part")
+    resumed = train(
+        make_cfg(*common, "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'part'}"),
+        tmp_path / "new",
+    )
+    assert without_time(resumed) == without_time(full)
+    # the resumed run keeps writing into its own dir, and TensorBoard has each epoch once
+    assert json.loads((tmp_path / "part" / "metrics.json").read_text())["epochs_trained"] == 4
+    steps = [e.step for e in EventAccumulator(str(tmp_path / "part")).Reload().Scalars("val/acc")]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_resume_from_a_different_architecture_is_refused(tmp_path):
+    train(make_cfg("trainer.max_epochs=1"), tmp_path / "a")
+    cfg = make_cfg("model.width=32", f"trainer.resume={tmp_path / 'a'}")
+    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+        train(cfg, tmp_path / "b")
+
+
+def test_resume_from_a_missing_dir_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no such run directory"):
+        train(make_cfg(f"trainer.resume={tmp_path / 'nope'}"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=sigmoid", "optim=adam"],
+        ["model=relu", "optim=momentum"],
+        ["model=maxout", "optim=sgd"],
+        ["model=tanh", "loss=mse", "optim=rmsprop"],
+        ["model=elu", "loss.l1=0.0001", "optim=adagrad"],
+        ["model=leaky_relu", "trainer.grad_clip=1.0", "optim=nesterov", "data.normalize=standard"],
+        ["trainer.precision=bf16", "optim=adamw", "data.batch_size=32"],
+    ],
+)
+def test_variants_learn(tmp_path, overrides):
+    metrics = train(make_cfg(*overrides), tmp_path)
+    assert metrics["status"] == "completed"
+    assert metrics["test/acc"] > 0.5, overrides
+
+
+def test_deep_sigmoid_gradients_vanish_towards_the_input(tmp_path):
+    cfg = make_cfg("model=sigmoid", "model.depth=8", "optim=sgd", "trainer.max_epochs=1")
+    train(cfg, tmp_path)
+    events = EventAccumulator(str(tmp_path)).Reload()
+    first = events.Scalars("grad_norm/hidden1")[0].value
+    last = events.Scalars("grad_norm/output")[0].value
+    assert first < last / 100
+
+
+def test_divergence_stops_the_run_and_is_recorded(tmp_path):
+    cfg = make_cfg("optim=sgd", "optim.lr=1e6", "data.normalize=none", "trainer.max_epochs=5")
+    metrics = train(cfg, tmp_path)
+    assert metrics["status"] == "diverged"
+    assert metrics["epochs_trained"] < 5
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+
+
+def test_bad_config_fails_before_writing_anything(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        train(make_cfg("model.depth=0", "optim.lr=-1", "model.dropout=1.0"), tmp_path)
+    message = str(err.value)
+    assert (
+        "model.depth=0" in message and "optim.lr=-1" in message and "model.dropout=1.0" in message
+    )
+    assert not any(tmp_path.iterdir())
+
+
+@cuda
+def test_cuda_run_keeps_model_and_data_on_the_gpu(tmp_path):
+    metrics = train(make_cfg("trainer.device=cuda"), tmp_path)
+    assert metrics["device"].startswith("cuda")
+    assert metrics["test/acc"] > 0.85
+
+
+@cuda
+def test_cuda_resume_reproduces_the_uninterrupted_run(tmp_path):
+    common = ["trainer.device=cuda", "trainer.early_stopping.patience=null"]
+    full = train(make_cfg(*common, "trainer.max_epochs=4"), tmp_path / "full")
+    train(make_cfg(*common, "trainer.max_epochs=2"), tmp_path / "part")
+    resumed = train(
+        make_cfg(*common, "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'part'}"),
+        tmp_path / "new",
+    )
+    assert resumed["test/acc"] == pytest.approx(full["test/acc"], abs=0.01)
+
+
+def test_auto_device_picks_what_the_machine_has(tmp_path):
+    metrics = train(make_cfg("trainer.device=auto", "trainer.max_epochs=1"), tmp_path)
+    assert metrics["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
