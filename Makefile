@@ -1,0 +1,31 @@
+.PHONY: help install test test-fast lint format train sweep tensorboard clean
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install:  ## install dltips and the dev tools into the active environment
+	pip install -e ".[dev]"
+
+test:  ## the whole test suite (what CI runs)
+	pytest
+
+test-fast:  ## the tests that run in-process only
+	pytest -m "not slow"
+
+lint:  ## ruff lint and format check
+	ruff check . && ruff format --check .
+
+format:  ## apply ruff's fixes and formatting
+	ruff check --fix . && ruff format .
+
+train:  ## one run with the default config
+	python scripts/train.py
+
+sweep:  ## the 2x2 activation x optimizer grid
+	python scripts/train.py -m model=sigmoid,relu optim=sgd,adam
+
+tensorboard:  ## open TensorBoard on all outputs
+	tensorboard --logdir outputs
+
+clean:  ## remove run outputs and caches (not data/)
+	rm -rf outputs .pytest_cache .ruff_cache
