@@ -9,23 +9,46 @@ from typing import Any
 
 import torch
 
-from dltips.errors import CheckpointError
+from dltips.errors import CheckpointError, OutputError
 
 
 def _atomic_write(path: Path, write) -> None:
     """Write through `write(file)` to a temporary file beside `path`, then rename it over."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: readers see the old file or the new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        os_error = _find_os_error(err)
+        if os_error is None:
+            raise
+        raise OutputError(
+            f"Cannot write {path}: {os_error.strerror or os_error}. Is the disk full or the "
+            f"directory read-only? The previous {path.name}, if any, is intact."
+        ) from err
+
+
+def _find_os_error(err: BaseException | None) -> OSError | None:
+    """The OSError behind `err` (torch.save reports a full disk as a RuntimeError)."""
+    while err is not None:
+        if isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files that a killed process left behind in `folder`."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -15,3 +15,15 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint or resume target that cannot be used."""
+
+
+class OutputError(UserError):
+    """The run directory cannot be written (disk full, read-only, ...)."""
+
+
+class Interrupted(Exception):
+    """Training was stopped by a signal (Ctrl-C, SIGTERM) after saving what it had."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

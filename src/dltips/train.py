@@ -15,13 +15,20 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dltips.checkpoint import atomic_save, atomic_write_json, load_checkpoint, resolve_resume
+from dltips.checkpoint import (
+    atomic_save,
+    atomic_write_json,
+    load_checkpoint,
+    remove_stale_temporaries,
+    resolve_resume,
+)
 from dltips.config import resolve_device, validate
 from dltips.data import load_dataset
 from dltips.early_stopping import EarlyStopping
-from dltips.errors import CheckpointError
+from dltips.errors import CheckpointError, Interrupted, OutputError
 from dltips.losses import l1_penalty
 from dltips.models import layer_names, linear_layers
+from dltips.signals import catch_stop_signals
 from dltips.tensorboard_log import key_hparams, log_epoch, log_hparams, open_writer
 
 log = logging.getLogger(__name__)
@@ -97,7 +104,27 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         len(data.y_val),
         len(data.y_test),
     )
-    writer = open_writer(run_dir, start_epoch + 1)
+
+    def state(epoch: int) -> dict[str, Any]:
+        """Everything a resumed run needs: tensors and plain values only."""
+        return {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "early_stopping": stopper.state_dict(),
+            "history": history,
+            "rng": rng_state(shuffle, device),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+
+    resume_hint = f"trainer.resume={run_dir}"
+    remove_stale_temporaries(ckpt_dir)
+    if resumed is None:  # so that even an interrupted first epoch can be resumed
+        atomic_save(state(0), ckpt_dir / "last.pt")
+    try:
+        writer = open_writer(run_dir, start_epoch + 1)
+    except OSError as err:
+        raise OutputError(f"Cannot write TensorBoard events to {run_dir}: {err}") from err
     status = "completed"
     max_epochs = cfg.trainer.max_epochs
     progress = tqdm(
@@ -109,19 +136,31 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         disable=not sys.stderr.isatty(),
     )
 
-    with logging_redirect_tqdm():
+    with logging_redirect_tqdm(), catch_stop_signals() as stop, writer:
         for epoch in progress:
             if stopper.should_stop:  # a resumed run that had already stopped
                 break
             epoch_started = time.perf_counter()
             model.train()
-            step_losses = []
+            loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             grad_norm_sum = torch.zeros(len(layers), device=device)
-            for x, y in loader:
+            for step, (x, y) in enumerate(loader, start=1):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     logits = model(x)
                     loss = criterion(logits, y)
+                # a NaN or infinite loss ends the run at once instead of training on garbage
+                if not torch.isfinite(loss):
+                    status = "diverged"
+                    log.error(
+                        "The loss became %s at epoch %d, step %d: training diverged. Try a "
+                        "lower learning rate (optim.lr=%g now) or trainer.grad_clip.",
+                        loss.item(),
+                        epoch,
+                        step,
+                        cfg.optim.lr,
+                    )
+                    break
                 objective = loss + cfg.loss.l1 * l1_penalty(model) if cfg.loss.l1 else loss
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
@@ -130,27 +169,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 if cfg.trainer.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
                 optimizer.step()
-                # kept on the device: no host sync per step
-                step_losses.append(loss.detach().float() * len(y))
+                loss_sum += loss.detach().float() * len(y)
                 correct += (logits.argmax(dim=1) == y).sum()
-
-            # a NaN or infinite loss ends the run instead of training on garbage
-            losses = torch.stack(step_losses)
-            bad = (~torch.isfinite(losses)).nonzero()
-            if len(bad):
-                status = "diverged"
-                log.error(
-                    "The loss became %s at epoch %d, step %d: training diverged. Try a lower "
-                    "learning rate (optim.lr=%g now) or trainer.grad_clip.",
-                    losses[bad[0, 0]].item(),
-                    epoch,
-                    bad[0, 0].item() + 1,
-                    cfg.optim.lr,
-                )
+                if stop.signum:  # the partial epoch is dropped: last.pt has the one before
+                    break
+            if status == "diverged":
                 break
+            if stop.signum:
+                raise Interrupted(
+                    stop.signum,
+                    (
+                        f"Stopped by {stop.name} during epoch {epoch}, step {step}. "
+                        f"checkpoints/last.pt holds epoch {epoch - 1}; continue with the same "
+                        f"command plus {resume_hint}"
+                    ),
+                )
 
             metrics = {
-                "train/loss": (losses.sum() / len(data.y_train)).item(),
+                "train/loss": (loss_sum / len(data.y_train)).item(),
                 "train/acc": correct.item() / len(data.y_train),
             }
             metrics["val/loss"], metrics["val/acc"] = evaluate(
@@ -178,19 +214,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     **{f"grad_norm/{n}": g for n, g in zip(names, grad_norms)},
                 },
             )
-
-            state = {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "early_stopping": stopper.state_dict(),
-                "history": history,
-                "rng": rng_state(shuffle, device),
-                "config": OmegaConf.to_container(cfg, resolve=True),
-            }
-            if improved:
-                atomic_save(state, ckpt_dir / "best.pt")
-            atomic_save(state, ckpt_dir / "last.pt")
+            try:
+                if improved:
+                    atomic_save(state(epoch), ckpt_dir / "best.pt")
+                atomic_save(state(epoch), ckpt_dir / "last.pt")
+            except OutputError as err:
+                raise OutputError(f"{err}\n  Free space, then continue with {resume_hint}") from err
 
             if stopper.should_stop:
                 log.info(
@@ -202,32 +231,31 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 )
                 break
 
-    # final metrics: the reported weights, evaluated in eval mode over every split
-    if stopper.restore_best and (ckpt_dir / "best.pt").is_file():
-        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
-    final = {}
-    for split, x, y in (
-        ("train", data.x_train, data.y_train),
-        ("val", data.x_val, data.y_val),
-        ("test", data.x_test, data.y_test),
-    ):
-        final[f"{split}/loss"], final[f"{split}/acc"] = evaluate(model, x, y, criterion, bf16)
-    epochs_trained = len(history)
-    result = {
-        "status": status,
-        **final,
-        "best_epoch": stopper.best_epoch,
-        "epochs_trained": epochs_trained,
-        "stopped_early": stopper.should_stop and epochs_trained < max_epochs,
-        "wall_seconds": time.perf_counter() - started,
-        "device": str(device),
-        "num_params": num_params,
-        "history": history,
-    }
-    result = _json_safe(result)
-    atomic_write_json(result, run_dir / "metrics.json")
-    log_hparams(writer, key_hparams(cfg), final, step=epochs_trained)
-    writer.close()
+        # final metrics: the reported weights, evaluated in eval mode over every split
+        if stopper.restore_best and (ckpt_dir / "best.pt").is_file():
+            model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
+        final = {}
+        for split, x, y in (
+            ("train", data.x_train, data.y_train),
+            ("val", data.x_val, data.y_val),
+            ("test", data.x_test, data.y_test),
+        ):
+            final[f"{split}/loss"], final[f"{split}/acc"] = evaluate(model, x, y, criterion, bf16)
+        epochs_trained = len(history)
+        result = {
+            "status": status,
+            **final,
+            "best_epoch": stopper.best_epoch,
+            "epochs_trained": epochs_trained,
+            "stopped_early": stopper.should_stop and epochs_trained < max_epochs,
+            "wall_seconds": time.perf_counter() - started,
+            "device": str(device),
+            "num_params": num_params,
+            "history": history,
+        }
+        result = _json_safe(result)
+        atomic_write_json(result, run_dir / "metrics.json")
+        log_hparams(writer, key_hparams(cfg), final, step=epochs_trained)
     log.info(
         "Final (%s, best epoch %d of %d):  train/acc %.4f  val/acc %.4f  test/acc %.4f",
         status,

@@ -1,0 +1,189 @@
+"""Interrupted, killed, diverging and hostile runs: nothing lost, nothing executed."""
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, make_cfg
+from dltips import checkpoint
+from dltips.checkpoint import load_checkpoint
+from dltips.errors import CheckpointError, OutputError
+from dltips.train import train
+
+# small epochs of many steps: checkpoints are written several times a second
+FAST_EPOCHS = [
+    "model.width=64",
+    "data.train_size=500",
+    "data.batch_size=10",
+    "trainer.early_stopping.patience=null",
+]
+
+
+def without_time(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "wall_seconds"}
+
+
+def start_training(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "train.py"),
+            *overrides,
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=run_dir.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_epoch(run_dir: Path, epoch: int, timeout: float = 60) -> None:
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if last.exists() and load_checkpoint(last)["epoch"] >= epoch:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{last} did not reach epoch {epoch}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, signum):
+    overrides = [*FAST_EPOCHS, "data.train_size=2000", "trainer.max_epochs=6"]
+    run_dir = tmp_path / "run"
+    run_dir.parent.mkdir(exist_ok=True)
+    proc = start_training(run_dir, *overrides)
+    wait_for_epoch(run_dir, 2)
+    time.sleep(0.1)  # into the next epoch
+    proc.send_signal(signum)
+    sent = time.monotonic()
+    _, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 5
+    assert proc.returncode == 128 + signum
+    assert f"trainer.resume={run_dir}" in stderr
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = train(make_cfg(*overrides, f"trainer.resume={run_dir}"), tmp_path / "new")
+    uninterrupted = train(make_cfg(*overrides), tmp_path / "full")
+    assert without_time(resumed) == without_time(uninterrupted)
+    steps = [e.step for e in EventAccumulator(str(run_dir)).Reload().Scalars("val/loss")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_leaves_only_loadable_checkpoints(tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [*FAST_EPOCHS, "trainer.max_epochs=40"]
+    moments = random.Random(0)
+    for _ in range(6):
+        resume = (run_dir / "checkpoints" / "last.pt").exists()
+        proc = start_training(run_dir, *overrides, *([f"trainer.resume={run_dir}"] * resume))
+        time.sleep(moments.uniform(2.5, 5.0))  # start-up takes ~2 s, then an epoch per ~0.2 s
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for ckpt in (run_dir / "checkpoints").glob("*.pt"):
+            load_checkpoint(ckpt)  # raises if truncated
+    final = train(make_cfg(*overrides, f"trainer.resume={run_dir}"), tmp_path / "x")
+    assert final["status"] == "completed" and final["epochs_trained"] == 40
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # leftovers cleaned
+
+
+class Payload:
+    """Unpickling this runs code: it creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_with_pickled_code_is_refused_and_never_runs(tmp_path):
+    train(make_cfg("trainer.max_epochs=1"), tmp_path / "run")
+    ckpt_path = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    marker = tmp_path / "payload-ran"
+    ckpt["extra"] = Payload(marker)
+    torch.save(ckpt, ckpt_path)
+    with pytest.raises(CheckpointError, match="Refusing to load .*last.pt"):
+        train(make_cfg(f"trainer.resume={tmp_path / 'run'}"), tmp_path / "new")
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    train(make_cfg("trainer.max_epochs=1"), tmp_path / "run")
+    ckpt_path = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt_path.write_bytes(ckpt_path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="last.pt: the file is truncated or corrupt"):
+        train(make_cfg(f"trainer.resume={tmp_path / 'run'}"), tmp_path / "new")
+
+
+def test_divergence_stops_at_once_naming_epoch_and_step(tmp_path, caplog):
+    cfg = make_cfg("optim=sgd", "optim.lr=1e6", "data.normalize=none", "trainer.max_epochs=5")
+    metrics = train(cfg, tmp_path)
+    assert metrics["status"] == "diverged" and metrics["epochs_trained"] == 0
+    message = next(r.getMessage() for r in caplog.records if "diverged" in r.getMessage())
+    assert "at epoch 1, step " in message and "lower learning rate" in message
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+
+
+def test_write_failure_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch
+):
+    calls = []
+    real_save = torch.save
+
+    def save_until_disk_full(obj, f):
+        calls.append(1)
+        if len(calls) > 4:  # epoch 0, then best + last of epochs 1 and 2... then full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_disk_full)
+    with pytest.raises(OutputError, match="No space left on device") as err:
+        train(make_cfg("trainer.max_epochs=5"), tmp_path)
+    assert "trainer.resume=" in str(err.value)
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def mount_tiny_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    return (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
+
+
+def test_real_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    cfg = make_cfg("optim=sgd", "trainer.max_epochs=5")
+    train(make_cfg("optim=sgd", "trainer.max_epochs=1"), tmp_path / "probe")
+    size = (tmp_path / "probe" / "checkpoints" / "last.pt").stat().st_size
+    disk = tmp_path / "disk"
+    # room for epoch 0's last.pt and epoch 1's best.pt, not for a third checkpoint beside them
+    if not mount_tiny_tmpfs(disk, f"{int(size * 2.6) // 1024}k"):
+        pytest.skip("needs root and mount to make a small tmpfs")
+    try:
+        with pytest.raises(OutputError, match="No space left on device") as err:
+            train(cfg, disk / "run")
+        assert "trainer.resume=" in str(err.value)
+        assert load_checkpoint(disk / "run" / "checkpoints" / "last.pt")["epoch"] == 0
+        assert load_checkpoint(disk / "run" / "checkpoints" / "best.pt")["epoch"] == 1
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
