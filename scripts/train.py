@@ -4,31 +4,73 @@ python scripts/train.py model=relu optim=adam
 python scripts/train.py -m model=sigmoid,relu optim=sgd,adam
 """
 
+import logging
 import math
 import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from dltips.errors import Interrupted, UserError
+from dltips.sweep import finished_metrics, record_failure, threads_per_job
 from dltips.train import train
+
+log = logging.getLogger("dltips")
+
+# hydra.sweep.dir is `sweep.resume` when that is set, a new timestamped dir otherwise
+OmegaConf.register_new_resolver(
+    "if_null", lambda value, default: default if value is None else value
+)
+
+
+def objective(metrics: dict, cfg: DictConfig) -> float:
+    """The best value of the monitored validation metric: what a sweeper optimizes."""
+    monitor = cfg.trainer.early_stopping.monitor
+    best = [
+        h[monitor] for h in metrics.get("history", []) if h["epoch"] == metrics.get("best_epoch")
+    ]
+    return best[0] if best else math.nan
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Train once; return the best value of the monitored validation metric (for sweepers)."""
+    """Train once. In a sweep, a failing job is recorded and the sweep goes on."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+
+    if multirun:
+        threads = cfg.trainer.num_threads or threads_per_job(hc.launcher.get("n_jobs"))
+        if threads:
+            torch.set_num_threads(threads)
+        if cfg.sweep.resume:
+            done = finished_metrics(run_dir)
+            if done:
+                log.info("Already %s, skipped: %s", done["status"], run_dir)
+                return objective(done, cfg)
+            if (run_dir / "checkpoints" / "last.pt").is_file():  # an interrupted job continues
+                cfg = OmegaConf.merge(cfg, {"trainer": {"resume": str(run_dir)}})
+
     try:
-        metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
-    except Interrupted as err:
+        return objective(train(cfg, run_dir), cfg)
+    except Interrupted as err:  # stops a sweep too: the user asked for it
         print(f"interrupted: {err}", file=sys.stderr)
-        raise SystemExit(128 + err.signum) from None  # the shell's convention: 130, 143
-    monitor = cfg.trainer.early_stopping.monitor
-    best = [h[monitor] for h in metrics["history"] if h["epoch"] == metrics["best_epoch"]]
-    return best[0] if best else math.nan
+        raise SystemExit(128 + err.signum) from None
+    except Exception as err:
+        if not multirun:
+            if isinstance(err, UserError):
+                raise SystemExit(f"error: {err}") from None
+            raise
+        if isinstance(err, UserError):
+            log.error("Job failed: %s", err)
+        else:
+            log.exception("Job failed")
+        record_failure(run_dir, err)
+        return math.nan
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dltips.checkpoint import (
 from dltips.config import resolve_device, validate
 from dltips.data import load_dataset
 from dltips.early_stopping import EarlyStopping
-from dltips.errors import CheckpointError, Interrupted, OutputError
+from dltips.errors import CheckpointError, ConfigError, Interrupted, OutputError
 from dltips.losses import l1_penalty
 from dltips.models import layer_names, linear_layers
 from dltips.signals import catch_stop_signals
@@ -68,6 +68,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         resumed = load_checkpoint(ckpt_path)
         run_dir = resumed_dir or run_dir  # keep writing into the run we continue
     ckpt_dir = run_dir / "checkpoints"
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
     bf16 = str(cfg.trainer.precision) == "bf16"
 
     # data: decoded once (cached), split, and moved to the device in one go
@@ -81,10 +83,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     loader = DataLoader(train_set, sampler=batches, batch_size=None)
 
-    model = instantiate(cfg.model, in_features=data.in_features, num_classes=data.num_classes)
-    model = model.to(device)
-    optimizer = instantiate(cfg.optim)(params=model.parameters())  # optim is a _partial_
-    criterion = instantiate(cfg.loss.criterion)
+    try:
+        model = instantiate(cfg.model, in_features=data.in_features, num_classes=data.num_classes)
+        model = model.to(device)
+        optimizer = instantiate(cfg.optim)(params=model.parameters())  # optim is a _partial_
+        criterion = instantiate(cfg.loss.criterion)
+    except Exception as err:  # e.g. an argument the class does not take: +optim.foo=1
+        cause = err.__cause__ or err
+        raise ConfigError(f"Cannot build the model, optimizer or loss: {cause}") from err
     stopper = EarlyStopping(**cfg.trainer.early_stopping)
     layers, names = linear_layers(model), layer_names(model)
     num_params = sum(p.numel() for p in model.parameters())
@@ -251,6 +257,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "wall_seconds": time.perf_counter() - started,
             "device": str(device),
             "num_params": num_params,
+            "num_threads": torch.get_num_threads(),
             "history": history,
         }
         result = _json_safe(result)
