@@ -16,7 +16,8 @@ def open_writer(run_dir: Path, first_epoch: int) -> SummaryWriter:
 def log_epoch(writer: SummaryWriter, epoch: int, scalars: dict[str, float]) -> None:
     """One point per tag at step `epoch` (train/loss, val/acc, train/lr, grad_norm/hidden1...)."""
     for tag, value in scalars.items():
-        writer.add_scalar(tag, value, epoch)
+        if tag != "epoch":
+            writer.add_scalar(tag, value, epoch)
     writer.flush()
 
 

@@ -132,6 +132,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except OSError as err:
         raise OutputError(f"Cannot write TensorBoard events to {run_dir}: {err}") from err
     status = "completed"
+    train_seconds: list[float] = []  # the training pass of each epoch run by this process
     max_epochs = cfg.trainer.max_epochs
     progress = tqdm(
         range(start_epoch + 1, max_epochs + 1),
@@ -195,10 +196,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "train/loss": (loss_sum / len(data.y_train)).item(),
                 "train/acc": correct.item() / len(data.y_train),
             }
+            train_seconds.append(time.perf_counter() - epoch_started)
             metrics["val/loss"], metrics["val/acc"] = evaluate(
                 model, data.x_val, data.y_val, criterion, bf16
             )
-            history.append({"epoch": epoch, **metrics})
+            grad_norms = dict(zip(names, (grad_norm_sum / len(batches)).tolist()))
+            history.append(
+                {"epoch": epoch, **metrics, **{f"grad_norm/{n}": g for n, g in grad_norms.items()}}
+            )
             improved = stopper.update(metrics, epoch)
 
             log.info(
@@ -210,16 +215,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "  *best" if improved else "",
             )
             progress.set_postfix(val_acc=f"{metrics['val/acc']:.4f}")
-            grad_norms = (grad_norm_sum / len(batches)).tolist()
-            log_epoch(
-                writer,
-                epoch,
-                {
-                    **metrics,
-                    "train/lr": optimizer.param_groups[0]["lr"],
-                    **{f"grad_norm/{n}": g for n, g in zip(names, grad_norms)},
-                },
-            )
+            log_epoch(writer, epoch, {**history[-1], "train/lr": optimizer.param_groups[0]["lr"]})
             try:
                 if improved:
                     atomic_save(state(epoch), ckpt_dir / "best.pt")
@@ -255,6 +251,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "epochs_trained": epochs_trained,
             "stopped_early": stopper.should_stop and epochs_trained < max_epochs,
             "wall_seconds": time.perf_counter() - started,
+            "seconds_per_epoch": sum(train_seconds) / len(train_seconds) if train_seconds else None,
             "device": str(device),
             "num_params": num_params,
             "num_threads": torch.get_num_threads(),
