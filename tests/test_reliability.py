@@ -29,8 +29,11 @@ FAST_EPOCHS = [
 ]
 
 
+TIMINGS = ("wall_seconds", "seconds_per_epoch", "epoch_seconds")
+
+
 def without_time(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in ("wall_seconds", "seconds_per_epoch")}
+    return {k: v for k, v in metrics.items() if k not in TIMINGS}
 
 
 def start_training(run_dir: Path, *overrides: str) -> subprocess.Popen:

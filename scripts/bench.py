@@ -1,0 +1,224 @@
+"""Benchmark dltips' training loop against the naive torchvision pipeline; print figures.
+
+    python scripts/bench.py                   # CPU
+    python scripts/bench.py --device cuda     # GPU
+    python scripts/bench.py --epochs 5 --json bench.json
+
+Both train the same 784-500-500-10 ReLU MLP with Adam (lr 1e-3), batch 100, for one
+warm-up epoch and then --epochs timed epochs over 60,000 MNIST-shaped images: Debian's
+Fashion-MNIST files when installed (/usr/share/datasets/fashion-mnist), otherwise random
+images written as IDX files. "naive" is what tutorials do: torchvision's dataset with
+ToTensor + Normalize transforms and a DataLoader with workers=0, batches moved to the
+device one by one, loss.item() every step. Not a test: it prints numbers.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+
+
+def prepare_data(root: Path) -> str:
+    """IDX files in <root>/FashionMNIST/raw/; returns a description of the data."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    if all((DEBIAN_DIR / f"{f}.gz").exists() for f in FILES):
+        for f in FILES:
+            with gzip.open(DEBIAN_DIR / f"{f}.gz") as src, open(raw / f, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        return f"Fashion-MNIST from {DEBIAN_DIR} (60,000 train images)"
+    g = torch.Generator().manual_seed(0)
+    for name, n in (("train", 60_000), ("t10k", 10_000)):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, 10, (n,), dtype=torch.uint8, generator=g)
+        (raw / f"{name}-images-idx3-ubyte").write_bytes(
+            (0x0803).to_bytes(4, "big")
+            + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28))
+            + images.numpy().tobytes()
+        )
+        (raw / f"{name}-labels-idx1-ubyte").write_bytes(
+            (0x0801).to_bytes(4, "big") + n.to_bytes(4, "big") + labels.numpy().tobytes()
+        )
+    return "random MNIST-shaped images (dataset-fashion-mnist not installed), 60,000 train"
+
+
+def mlp() -> nn.Module:
+    from dltips.models import build_mlp
+
+    return build_mlp(784, 10, depth=2, width=500, activation=nn.ReLU)
+
+
+def naive_epochs(root: Path, device: torch.device, epochs: int) -> list[float]:
+    """Seconds per epoch of the tutorial pipeline (first epoch = warm-up, included)."""
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    data = datasets.FashionMNIST(str(root), train=True, download=False, transform=transform)
+    loader = torch.utils.data.DataLoader(data, batch_size=100, shuffle=True, num_workers=0)
+    torch.manual_seed(0)
+    model = mlp().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = nn.CrossEntropyLoss()
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        running = 0.0
+        for x, y in loader:
+            x, y = x.view(-1, 784).to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def dltips_epochs(
+    root: Path, device: str, epochs: int, out: Path, precision: str = "32"
+) -> list[float]:
+    """Seconds per epoch of dltips' own loop (its epoch_seconds, training pass only)."""
+    from hydra import compose, initialize_config_dir
+
+    from dltips.train import train
+
+    overrides = [
+        "data=fashion_mnist",
+        f"data.root={root}",
+        "data.download=false",
+        "data.source.system_dir=null",
+        "data.val_size=1",
+        "model=relu",
+        "model.depth=2",
+        "model.width=500",
+        "optim=adam",
+        "data.batch_size=100",
+        f"trainer.device={device}",
+        f"trainer.max_epochs={epochs}",
+        "trainer.early_stopping.patience=null",
+        f"trainer.precision={precision}",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    return train(cfg, out)["epoch_seconds"]
+
+
+def first_step_seconds(root: Path, device: str, out: Path) -> tuple[float, float]:
+    """(seconds from `python scripts/train.py` to its first training step, peak RSS in MiB).
+
+    The first step follows right after checkpoints/last.pt of epoch 0 appears, so the time
+    is measured from outside, with no hook in the product.
+    """
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "data=mnist_5k",
+        f"trainer.device={device}",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={out}",
+    ]
+    env = {**os.environ, "DLTIPS_DATA_DIR": str(root)}
+    subprocess.run(command, env=env, capture_output=True, check=True)  # fills the data cache
+    shutil.rmtree(out)
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.pt"
+    while not last.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    ready = time.perf_counter() - start
+    proc.wait()
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return ready, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
+    parser.add_argument("--json", type=Path, default=Path("bench.json"))
+    parser.add_argument("--skip-naive", action="store_true", help="time dltips only")
+    parser.add_argument("--precision", default="32", help="dltips' trainer.precision: 32 or bf16")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = prepare_data(tmp / "data")
+        print(
+            f"data: {data}\ndevice: {device}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads",
+            flush=True,
+        )
+        results: dict = {
+            "data": data,
+            "device": str(device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "epochs_timed": args.epochs,
+        }
+        if device.type == "cuda":
+            results["gpu"] = torch.cuda.get_device_name(device)
+            torch.cuda.reset_peak_memory_stats()
+
+        results["precision"] = args.precision
+        ours = dltips_epochs(
+            tmp / "data", args.device, args.epochs + 1, tmp / "run", args.precision
+        )[1:]
+        results["dltips_s_per_epoch"] = statistics.median(ours)
+        results["dltips_samples_per_s"] = 60_000 / results["dltips_s_per_epoch"]
+        print(
+            f"dltips: {results['dltips_s_per_epoch']:.3f} s/epoch "
+            f"({results['dltips_samples_per_s']:,.0f} samples/s)",
+            flush=True,
+        )
+        if not args.skip_naive:
+            naive = naive_epochs(tmp / "data", device, args.epochs + 1)[1:]
+            results["naive_s_per_epoch"] = statistics.median(naive)
+            results["naive_samples_per_s"] = 60_000 / results["naive_s_per_epoch"]
+            results["speedup"] = results["naive_s_per_epoch"] / results["dltips_s_per_epoch"]
+            print(
+                f"naive:  {results['naive_s_per_epoch']:.3f} s/epoch "
+                f"({results['naive_samples_per_s']:,.0f} samples/s)\n"
+                f"dltips is {results['speedup']:.1f}x faster",
+                flush=True,
+            )
+        if device.type == "cuda":
+            results["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+
+        ready, peak = first_step_seconds(tmp / "data", args.device, tmp / "cli")
+        results["first_step_s"] = ready
+        results["train_py_peak_rss_mib"] = peak
+        print(
+            f"python scripts/train.py: first training step after {ready:.2f} s, "
+            f"peak memory {peak:.0f} MiB"
+        )
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"Wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The lecture's presets show the lecture's directions, and the report script writes its page."""
+
+import pytest
+
+from conftest import make_cfg, run_script
+from dltips.train import train
+
+SHORT = ["data=mnist_5k", "data.train_size=null", "trainer.early_stopping.restore_best=true"]
+
+
+@pytest.mark.parametrize(
+    ("step", "epochs", "learns"),
+    [
+        (0, 10, False),  # sigmoid + mean squared error: stuck near chance
+        (1, 25, True),  # cross-entropy: leaves the plateau
+        (3, 5, False),  # 13 sigmoid layers: vanishing gradients, near chance
+        (4, 10, True),  # 13 ReLU layers: learns
+    ],
+)
+def test_lecture_steps_show_the_lectures_direction(tmp_path, step, epochs, learns):
+    cfg = make_cfg(
+        f"experiment=lecture/step{step}", *SHORT, f"trainer.max_epochs={epochs}", tiny=False
+    )
+    assert cfg.model.width == 689 and cfg.data.batch_size == 100
+    test_acc = train(cfg, tmp_path)["test/acc"]
+    if learns:
+        assert test_acc > 0.3, f"step {step} should learn, test/acc {test_acc}"
+    else:
+        assert test_acc < 0.2, f"step {step} should stay near chance, test/acc {test_acc}"
+
+
+def test_lecture_presets_change_one_thing_per_step():
+    steps = [make_cfg(f"experiment=lecture/step{i}", tiny=False) for i in range(9)]
+    assert [c.model.depth for c in steps] == [3, 3, 3, 13, 13, 13, 13, 13, 3]
+    assert [c.model.activation._target_.rsplit(".")[-1] for c in steps] == (
+        ["Sigmoid"] * 4 + ["ReLU"] * 5
+    )
+    assert [c.loss.criterion._target_.rsplit(".")[-1] for c in steps] == (
+        ["SoftmaxMSELoss"] + ["CrossEntropyLoss"] * 8
+    )
+    assert [c.data.batch_size for c in steps] == [100, 100, 10000] + [100] * 6
+    assert [c.data.normalize for c in steps] == ["unit"] * 5 + ["none"] + ["unit"] * 3
+    assert [c.optim._target_.rsplit(".")[-1] for c in steps] == ["SGD"] * 6 + ["Adam"] * 3
+    assert [c.data.test_noise_std for c in steps] == [0.0] * 7 + [1.0] * 2
+    assert [c.model.dropout for c in steps] == [0.0] * 8 + [0.7]
+    assert all(c.data.name == "mnist" and c.data.train_size == 10000 for c in steps)
+    assert all(
+        c.trainer.max_epochs == 20 and c.trainer.early_stopping.patience is None for c in steps
+    )
+
+
+@pytest.mark.slow
+def test_report_writes_markdown_tables_and_plots_from_a_tiny_sweep(tmp_path):
+    out = tmp_path / "docs" / "RESULTS.md"
+    where = ["--runs", str(tmp_path / "runs"), "--out", str(out)]
+    result = run_script(
+        "report.py",
+        "depth",
+        "loss",
+        "--data",
+        "mnist_5k",
+        "--set",
+        "trainer.max_epochs=1",
+        "--set",
+        "model.width=16",
+        *where,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert "## Depth and the activation function" in text and "## Mean squared error" in text
+    assert "Data: `mnist_5k`" in text and "python scripts/report.py depth loss" in text
+    header = next(line for line in text.splitlines() if line.startswith("| model "))
+    assert "model.depth" in header and "test/acc" in header  # differing settings as columns
+    for png in ("depth_curves", "depth_model.depth", "depth_grad_norms", "loss_loss"):
+        assert (out.parent / "results" / f"{png}.png").stat().st_size > 10_000
+        assert f"(results/{png}.png)" in text
+    # --from-runs writes the page from the same runs without training again
+    again = run_script("report.py", "depth", "--from-runs", *where, cwd=tmp_path, timeout=120)
+    assert again.returncode == 0 and "## Depth" in out.read_text()
+    assert "## Mean squared error" not in out.read_text()
