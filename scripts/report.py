@@ -65,7 +65,10 @@ def main() -> None:
                     f"error: the {section.name} sweep failed ({err}); "
                     f"see the log above. Finished jobs are kept: run again to resume."
                 ) from None
-    command = "python scripts/report.py " + shlex.join(sys.argv[1:])
+    # the command that made the runs: --from-runs only rewrites the page
+    command = "python scripts/report.py " + shlex.join(
+        a for a in sys.argv[1:] if a != "--from-runs"
+    )
     out = write_report(sections, runs_dir, args.out, command.strip())
     print(f"Wrote {out}")
 
