@@ -29,7 +29,7 @@ def default_run(tmp_path_factory):
 def test_short_run_learns_far_above_chance(default_run):
     run_dir, metrics = default_run
     assert metrics["status"] == "completed"
-    assert metrics["test/acc"] > 0.85  # chance is 0.10
+    assert metrics["test/acc"] > 0.8  # chance is 0.10
     assert metrics["train/acc"] >= metrics["test/acc"] - 0.05
     assert metrics["epochs_trained"] == 3 and metrics["device"] == "cpu"
     assert metrics["num_params"] == 784 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
