@@ -6,7 +6,6 @@ python scripts/train.py -m model=sigmoid,relu optim=sgd,adam
 
 import logging
 import math
-import sys
 from pathlib import Path
 
 import hydra
@@ -57,8 +56,7 @@ def main(cfg: DictConfig) -> float:
 
     try:
         return objective(train(cfg, run_dir), cfg)
-    except Interrupted as err:  # stops a sweep too: the user asked for it
-        print(f"interrupted: {err}", file=sys.stderr)
+    except Interrupted as err:  # stops a sweep too: the user asked for it (already logged)
         raise SystemExit(128 + err.signum) from None
     except Exception as err:
         if not multirun:

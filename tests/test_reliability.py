@@ -72,10 +72,11 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, signum):
     time.sleep(0.1)  # into the next epoch
     proc.send_signal(signum)
     sent = time.monotonic()
-    _, stderr = proc.communicate(timeout=30)
+    stdout, stderr = proc.communicate(timeout=30)
     assert time.monotonic() - sent < 5
     assert proc.returncode == 128 + signum
-    assert f"trainer.resume={run_dir}" in stderr
+    assert f"trainer.resume={run_dir}" in stdout + stderr
+    assert f"trainer.resume={run_dir}" in (run_dir / "train.log").read_text()
     assert not (run_dir / "metrics.json").exists()
 
     resumed = train(make_cfg(*overrides, f"trainer.resume={run_dir}"), tmp_path / "new")

@@ -185,14 +185,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             if status == "diverged":
                 break
             if stop.signum:
-                raise Interrupted(
-                    stop.signum,
-                    (
-                        f"Stopped by {stop.name} during epoch {epoch}, step {step}. "
-                        f"checkpoints/last.pt holds epoch {epoch - 1}; continue with the same "
-                        f"command plus {resume_hint}"
-                    ),
+                message = (
+                    f"Stopped by {stop.name} during epoch {epoch}, step {step}. "
+                    f"checkpoints/last.pt holds epoch {epoch - 1}; continue with the same "
+                    f"command plus {resume_hint}"
                 )
+                log.warning(message)  # in train.log too, where a cluster job's user looks
+                raise Interrupted(stop.signum, message)
 
             metrics = {
                 "train/loss": (loss_sum / len(data.y_train)).item(),
