@@ -64,7 +64,7 @@ def wait_for_epoch(run_dir: Path, epoch: int, timeout: float = 60) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, signum):
-    overrides = [*FAST_EPOCHS, "data.train_size=2000", "trainer.max_epochs=6"]
+    overrides = [*FAST_EPOCHS, "data.train_size=2000", "trainer.max_epochs=12"]
     run_dir = tmp_path / "run"
     run_dir.parent.mkdir(exist_ok=True)
     proc = start_training(run_dir, *overrides)
@@ -83,24 +83,34 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, signum):
     uninterrupted = train(make_cfg(*overrides), tmp_path / "full")
     assert without_time(resumed) == without_time(uninterrupted)
     steps = [e.step for e in EventAccumulator(str(run_dir)).Reload().Scalars("val/loss")]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == list(range(1, 13))
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_only_loadable_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
-    overrides = [*FAST_EPOCHS, "trainer.max_epochs=40"]
+    last = run_dir / "checkpoints" / "last.pt"
+    overrides = [*FAST_EPOCHS, "trainer.max_epochs=10000"]  # never ends on its own
     moments = random.Random(0)
     for _ in range(6):
-        resume = (run_dir / "checkpoints" / "last.pt").exists()
-        proc = start_training(run_dir, *overrides, *([f"trainer.resume={run_dir}"] * resume))
-        time.sleep(moments.uniform(2.5, 5.0))  # start-up takes ~2 s, then an epoch per ~0.2 s
+        before = last.stat().st_mtime_ns if last.exists() else 0
+        proc = start_training(run_dir, *overrides, *([f"trainer.resume={run_dir}"] * bool(before)))
+        deadline = time.monotonic() + 60  # wait until this process is training and saving
+        while (
+            not last.exists() or last.stat().st_mtime_ns == before
+        ) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(moments.uniform(0, 0.6))  # several epochs, and their checkpoints, a second
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         for ckpt in (run_dir / "checkpoints").glob("*.pt"):
             load_checkpoint(ckpt)  # raises if truncated
-    final = train(make_cfg(*overrides, f"trainer.resume={run_dir}"), tmp_path / "x")
-    assert final["status"] == "completed" and final["epochs_trained"] == 40
+    end = load_checkpoint(last)["epoch"] + 2
+    final = train(
+        make_cfg(*FAST_EPOCHS, f"trainer.max_epochs={end}", f"trainer.resume={run_dir}"),
+        tmp_path / "x",
+    )
+    assert final["status"] == "completed" and final["epochs_trained"] == end
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # leftovers cleaned
 
 
