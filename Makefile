@@ -1,4 +1,4 @@
-.PHONY: help install test test-fast lint format train sweep tensorboard clean
+.PHONY: help install test test-fast lint format train sweep report bench tensorboard clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,6 +23,12 @@ train:  ## one run with the default config
 
 sweep:  ## the 2x2 activation x optimizer grid
 	python scripts/train.py -m model=sigmoid,relu optim=sgd,adam
+
+report:  ## run the lecture and tips presets offline and rewrite docs/RESULTS.md (~20 min on 2 cores)
+	python scripts/report.py --data fashion_mnist
+
+bench:  ## dltips' loop against the naive torchvision pipeline (docs/PERFORMANCE.md)
+	python scripts/bench.py --epochs 5
 
 tensorboard:  ## open TensorBoard on all outputs
 	tensorboard --logdir outputs

@@ -13,9 +13,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from dltips.plots import plot_against, plot_curves  # noqa: E402
-from dltips.sweep import DONE, collect_runs, read_metrics, split_settings  # noqa: E402
+from dltips.sweep import (  # noqa: E402
+    DONE,
+    collect_runs,
+    markdown_table,
+    read_metrics,
+    split_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -182,15 +189,6 @@ def plot_grad_norms(runs: pd.DataFrame, out: Path) -> Path:
     return out
 
 
-def _markdown(table: pd.DataFrame) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return "" if pd.isna(v) else f"{v:.3f}"
-        return str(v)
-
-    return table.map(cell).to_markdown(index=False, disable_numparse=True)
-
-
 def write_report(
     sections: list[Section], runs_dir: Path, out: Path, command: str, notes_dir: Path | None = None
 ) -> Path:
@@ -210,7 +208,7 @@ def write_report(
         runs = runs.assign(path=[str(sweep_dir / r) for r in runs["run"]])
         data_name = _data_name(sweep_dir)
         parts += [f"Data: `{data_name}`. Sweep: `{' '.join(section.overrides)}`.", ""]
-        parts += [_markdown(section_table(section, runs)), ""]
+        parts += [markdown_table(section_table(section, runs), digits=3), ""]
         varying, _ = split_settings(runs.drop(columns="path"))
         figures = [plot_curves(sweep_dir, runs, varying, images / f"{section.name}_curves.png")]
         for key in section.plot_keys:
@@ -237,8 +235,6 @@ def write_report(
 
 
 def _data_name(sweep_dir: Path) -> str:
-    from omegaconf import OmegaConf
-
     configs = sorted(sweep_dir.glob("*/.hydra/config.yaml"))
     if not configs:
         return "?"

@@ -130,9 +130,9 @@ def summarize(root: Path, monitor: str = "val/loss", mode: str = "min") -> dict[
             "Overrides shared by every run: " + " ".join(f"`{k}={v}`" for k, v in common.items()),
             "",
         ]
-    lines += [_markdown(table), ""]
+    lines += [markdown_table(table), ""]
     if seeds is not None:
-        lines += ["## Mean ± std over seeds", "", _markdown(seeds), ""]
+        lines += ["## Mean ± std over seeds", "", markdown_table(seeds), ""]
     (root / "summary.md").write_text("\n".join(lines))
     return {"runs": table, "seeds": seeds}
 
@@ -158,10 +158,12 @@ def seed_table(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
+    """A DataFrame as a Markdown table: floats to `digits` places, NaN as an empty cell."""
+
     def cell(v: Any) -> Any:
         if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.4f}"
+            return "" if math.isnan(v) else f"{v:.{digits}f}"
         return str(v).replace("|", "\\|").replace("\n", " ")
 
     return table.map(cell).to_markdown(index=False, disable_numparse=True)
