@@ -43,8 +43,8 @@ def main(cfg: DictConfig) -> float:
     multirun = hc.mode == RunMode.MULTIRUN
 
     if multirun:
-        threads = cfg.trainer.num_threads or threads_per_job(hc.launcher.get("n_jobs"))
-        if threads:
+        threads = threads_per_job(hc.launcher.get("n_jobs"))
+        if threads and not cfg.trainer.num_threads:  # train() applies an explicit setting
             torch.set_num_threads(threads)
         if cfg.sweep.resume:
             done = finished_metrics(run_dir)

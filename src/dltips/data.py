@@ -104,7 +104,6 @@ def read_torchvision(
         raw.mkdir(parents=True, exist_ok=True)
         for f in missing:
             extract_archive(str(Path(system_dir) / f"{f}.gz"), str(raw))
-        missing = []
 
     try:
         splits = {
@@ -112,7 +111,7 @@ def read_torchvision(
             for split in ("train", "test")
         }
     except Exception as err:
-        if missing or not all((raw / f).exists() for f in files):
+        if not all((raw / f).exists() for f in files):
             raise DataError(
                 _missing_files_message(cls.__name__, raw, files, download, err)
             ) from err

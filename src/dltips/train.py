@@ -201,9 +201,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             metrics["val/loss"], metrics["val/acc"] = evaluate(
                 model, data.x_val, data.y_val, criterion, bf16
             )
-            grad_norms = dict(zip(names, (grad_norm_sum / len(batches)).tolist()))
+            grad_norms = (grad_norm_sum / len(batches)).tolist()
             history.append(
-                {"epoch": epoch, **metrics, **{f"grad_norm/{n}": g for n, g in grad_norms.items()}}
+                {
+                    "epoch": epoch,
+                    **metrics,
+                    **{f"grad_norm/{n}": g for n, g in zip(names, grad_norms)},
+                }
             )
             improved = stopper.update(metrics, epoch)
 
@@ -217,10 +221,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             )
             progress.set_postfix(val_acc=f"{metrics['val/acc']:.4f}")
             log_epoch(writer, epoch, {**history[-1], "train/lr": optimizer.param_groups[0]["lr"]})
+            snapshot = state(epoch)
             try:
                 if improved:
-                    atomic_save(state(epoch), ckpt_dir / "best.pt")
-                atomic_save(state(epoch), ckpt_dir / "last.pt")
+                    atomic_save(snapshot, ckpt_dir / "best.pt")
+                atomic_save(snapshot, ckpt_dir / "last.pt")
             except OutputError as err:
                 raise OutputError(f"{err}\n  Free space, then continue with {resume_hint}") from err
 
