@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dltips.sweep import summarize
+from dltips.runs import summarize
 
 
 def main() -> None:

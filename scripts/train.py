@@ -15,7 +15,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dltips.errors import Interrupted, UserError
-from dltips.sweep import finished_metrics, record_failure, threads_per_job
+from dltips.runs import finished_metrics
+from dltips.sweep import record_failure, threads_per_job
 from dltips.train import train
 
 log = logging.getLogger("dltips")

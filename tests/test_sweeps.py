@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, make_cfg, run_script
-from dltips.sweep import summarize, threads_per_job
+from dltips.runs import summarize
+from dltips.sweep import threads_per_job
 from dltips.train import train
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from dltips.sweep import DONE, collect_runs, read_metrics, split_settings  # noqa: E402
+from dltips.runs import DONE, collect_runs, read_metrics, split_settings  # noqa: E402
 
 
 def _label(row: pd.Series, keys: list[str]) -> str:

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from dltips.plots import plot_against, plot_curves  # noqa: E402
-from dltips.sweep import (  # noqa: E402
+from dltips.runs import (  # noqa: E402
     DONE,
     collect_runs,
     markdown_table,
