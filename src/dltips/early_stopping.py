@@ -4,19 +4,38 @@ import math
 from typing import Any
 
 
+def metric_mode(monitor: str, mode: str | None = None) -> str:
+    """'max' for an accuracy, 'min' for a loss; an explicit `mode` wins when it says the same.
+
+    A `mode` that contradicts the metric (max for a loss) raises ValueError: it would keep
+    the worst epoch. Unknown metrics need an explicit mode.
+    """
+    implied = "max" if monitor.endswith("/acc") else "min" if monitor.endswith("/loss") else None
+    if mode is None:
+        if implied is None:
+            raise ValueError(f"cannot tell whether {monitor!r} improves up or down: give mode")
+        return implied
+    if implied is not None and mode != implied:
+        raise ValueError(
+            f"mode={mode!r} contradicts {monitor!r}: "
+            f"{'an accuracy improves upward (max)' if implied == 'max' else 'a loss improves downward (min)'}"
+        )
+    return mode
+
+
 class EarlyStopping:
     """Tracks the best value of one metric; says when `patience` epochs brought no gain."""
 
     def __init__(
         self,
         monitor: str = "val/loss",
-        mode: str = "min",
+        mode: str | None = None,
         patience: int | None = 5,
         min_delta: float = 0.0,
         restore_best: bool = True,
     ) -> None:
         self.monitor = monitor
-        self.mode = mode
+        self.mode = mode = metric_mode(monitor, mode)
         self.patience = patience
         self.min_delta = min_delta
         self.restore_best = restore_best
