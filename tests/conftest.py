@@ -1,8 +1,10 @@
 """Shared fixtures: configs composed from conf/ and shrunk so every run takes seconds."""
 
+import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,4 +51,38 @@ def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complete
     )
 
 
+def start_script(*args: str, cwd: Path) -> subprocess.Popen:
+    """Start a script of scripts/ in the background (to signal it), output captured as text."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / args[0]), *args[1:]],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
+
+
+def wait_for(condition, timeout: float = 60, what: str = "condition") -> None:
+    """Poll `condition()` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+# the smallest CLI run that still learns: a few seconds, most of it start-up
+TINY_CLI = ["model.width=32", "trainer.max_epochs=2"]
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder`: to assert nothing changed."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

@@ -18,6 +18,7 @@ from conftest import ROOT, make_cfg
 from dltips import checkpoint
 from dltips.checkpoint import load_checkpoint
 from dltips.errors import CheckpointError, OutputError
+from dltips.resume import override_arg
 from dltips.train import train
 
 # small epochs of many steps: checkpoints are written several times a second
@@ -75,8 +76,9 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, signum):
     stdout, stderr = proc.communicate(timeout=30)
     assert time.monotonic() - sent < 5
     assert proc.returncode == 128 + signum
-    assert f"trainer.resume={run_dir}" in stdout + stderr
-    assert f"trainer.resume={run_dir}" in (run_dir / "train.log").read_text()
+    hint = f"to continue, run the same command plus {override_arg('trainer.resume', run_dir)}"
+    assert hint in stdout + stderr
+    assert hint in (run_dir / "train.log").read_text()
     assert not (run_dir / "metrics.json").exists()
 
     resumed = train(make_cfg(*overrides, f"trainer.resume={run_dir}"), tmp_path / "new")

@@ -9,7 +9,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from dltips.checkpoint import atomic_write_json
-from dltips.runs import summarize
+from dltips.early_stopping import metric_mode
+from dltips.runs import DONE, summarize
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,26 @@ def threads_per_job(n_jobs: int | None, cores: int | None = None) -> int | None:
 class SummaryCallback(Callback):
     """Hydra callback: summary.csv and summary.md in the sweep dir when a multirun ends."""
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # the dir exists before the sweeper starts: hparams_search=optuna keeps its study there
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         es = config.trainer.early_stopping
         try:
-            summarize(sweep_dir, monitor=es.monitor, mode=es.mode)
+            runs = summarize(sweep_dir, monitor=es.monitor, mode=metric_mode(es.monitor, es.mode))
             log.info("Sweep summary: %s", sweep_dir / "summary.md")
         except Exception as err:  # a summary must never turn a finished sweep into a failure
             log.error("Could not write the sweep summary in %s: %s", sweep_dir, err)
+            return
+        statuses = runs["runs"]["status"]
+        failed, done = int((statuses == "failed").sum()), int(statuses.isin(DONE).sum())
+        if done == 0:  # nothing to compare: the command failed, whatever the jobs' reasons
+            raise SystemExit(
+                f"error: no job of the sweep completed ({failed} of {len(statuses)} failed). "
+                f"Their errors are in {sweep_dir / 'summary.md'} and each job's train.log."
+            )
+        if failed:
+            log.warning(
+                "%d of %d jobs failed; their errors are in %s and each job's train.log.",
+                failed,
+                len(statuses),
+                sweep_dir / "summary.md",
+            )

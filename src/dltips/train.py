@@ -25,9 +25,11 @@ from dltips.checkpoint import (
 from dltips.config import resolve_device, validate
 from dltips.data import ShuffledBatches, load_dataset
 from dltips.early_stopping import EarlyStopping
-from dltips.errors import CheckpointError, ConfigError, Interrupted, OutputError
+from dltips.errors import ConfigError, Interrupted, OutputError
 from dltips.losses import l1_penalty
 from dltips.models import layer_names, linear_layers
+from dltips.resume import check_same_run, override_arg, restore, rng_state
+from dltips.runs import finished_metrics
 from dltips.signals import catch_stop_signals
 from dltips.tensorboard_log import key_hparams, log_epoch, log_hparams, open_writer
 
@@ -56,16 +58,21 @@ def evaluate(
     return (loss_sum / len(y)).item(), correct.item() / len(y)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train the configured network; write checkpoints, TensorBoard events and metrics.json."""
+def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dict[str, Any]:
+    """Train the configured network; write checkpoints, TensorBoard events and metrics.json.
+
+    `resume_hint` is the override that continues this run after an interruption (in a
+    sweep, `sweep.resume=<sweep dir>`); by default `trainer.resume=<run dir>`.
+    """
     started = time.perf_counter()
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
     run_dir = Path(run_dir)
     resumed = None
-    if cfg.trainer.resume:
+    if cfg.trainer.resume:  # every check before anything is written
         ckpt_path, resumed_dir = resolve_resume(cfg.trainer.resume)
         resumed = load_checkpoint(ckpt_path)
+        check_same_run(resumed, cfg, ckpt_path)
         run_dir = resumed_dir or run_dir  # keep writing into the run we continue
     ckpt_dir = run_dir / "checkpoints"
     if cfg.trainer.num_threads:
@@ -96,10 +103,26 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     num_params = sum(p.numel() for p in model.parameters())
     history: list[dict[str, float]] = []
     start_epoch = 0
+    train_seconds: list[float] = []  # the training pass of every epoch, resumed ones included
+    earlier_wall_seconds = 0.0  # of the processes that trained this run before this one
+    max_epochs = cfg.trainer.max_epochs
 
     if resumed is not None:
-        start_epoch = restore(resumed, cfg, model, optimizer, stopper, shuffle, device, ckpt_path)
+        start_epoch = restore(resumed, model, optimizer, stopper, shuffle, device, ckpt_path)
         history = resumed["history"]
+        train_seconds = list(resumed.get("epoch_seconds", []))
+        earlier_wall_seconds = float(resumed.get("wall_seconds", 0.0))
+        done = finished_metrics(run_dir)
+        if done and (start_epoch >= max_epochs or stopper.should_stop):
+            why = "stopped early" if stopper.should_stop else f"trainer.max_epochs={max_epochs}"
+            log.info(
+                "Nothing to do: %s has trained %d epochs (%s); its files are left as they are. "
+                "Raise trainer.max_epochs to train further.",
+                run_dir,
+                start_epoch,
+                why,
+            )
+            return done
         log.info("Resumed from %s at epoch %d; writing to %s", ckpt_path, start_epoch, run_dir)
 
     log.info("Model (%d parameters) on %s:\n%s", num_params, device, model)
@@ -119,11 +142,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "optimizer": optimizer.state_dict(),
             "early_stopping": stopper.state_dict(),
             "history": history,
+            "epoch_seconds": train_seconds,
+            "wall_seconds": earlier_wall_seconds + time.perf_counter() - started,
             "rng": rng_state(shuffle, device),
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
 
-    resume_hint = f"trainer.resume={run_dir}"
+    resume_hint = resume_hint or override_arg("trainer.resume", run_dir)
     remove_stale_temporaries(ckpt_dir)
     if resumed is None:  # so that even an interrupted first epoch can be resumed
         atomic_save(state(0), ckpt_dir / "last.pt")
@@ -132,8 +157,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except OSError as err:
         raise OutputError(f"Cannot write TensorBoard events to {run_dir}: {err}") from err
     status = "completed"
-    train_seconds: list[float] = []  # the training pass of each epoch run by this process
-    max_epochs = cfg.trainer.max_epochs
     progress = tqdm(
         range(start_epoch + 1, max_epochs + 1),
         desc="epochs",
@@ -187,7 +210,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             if stop.signum:
                 message = (
                     f"Stopped by {stop.name} during epoch {epoch}, step {step}. "
-                    f"checkpoints/last.pt holds epoch {epoch - 1}; continue with the same "
+                    f"checkpoints/last.pt holds epoch {epoch - 1}; to continue, run the same "
                     f"command plus {resume_hint}"
                 )
                 log.warning(message)  # in train.log too, where a cluster job's user looks
@@ -256,7 +279,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "best_epoch": stopper.best_epoch,
             "epochs_trained": epochs_trained,
             "stopped_early": stopper.should_stop and epochs_trained < max_epochs,
-            "wall_seconds": time.perf_counter() - started,
+            "wall_seconds": earlier_wall_seconds + time.perf_counter() - started,
             "seconds_per_epoch": sum(train_seconds) / len(train_seconds) if train_seconds else None,
             "epoch_seconds": train_seconds,
             "device": str(device),
@@ -278,66 +301,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     log.info("Outputs in %s", run_dir)
     return result
-
-
-def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
-    """Every random state the loop draws from, so a resumed run continues identically."""
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore(
-    ckpt: dict[str, Any],
-    cfg: DictConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    stopper: EarlyStopping,
-    shuffle: torch.Generator,
-    device: torch.device,
-    path: Path,
-) -> int:
-    """Load a checkpoint's state into the freshly built objects; returns its epoch."""
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(
-            f"Checkpoint {path} does not fit the configured model or optimizer: "
-            f"{str(err).strip().splitlines()[0]}...\n  Resume with the same model and optim "
-            f"settings as the run that wrote it (see its .hydra/config.yaml)."
-        ) from err
-    _warn_config_changes(ckpt.get("config", {}), OmegaConf.to_container(cfg, resolve=True))
-    stopper.load_state_dict(ckpt["early_stopping"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    shuffle.set_state(ckpt["rng"]["shuffle"])
-    if device.type == "cuda" and "cuda" in ckpt["rng"]:
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    return int(ckpt["epoch"])
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _warn_config_changes(saved: dict, current: dict) -> None:
-    """Say which settings differ from the run being resumed (resume itself may differ)."""
-    old, new = _flatten(saved), _flatten(current)
-    changed = sorted(
-        k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k != "trainer.resume"
-    )
-    if changed:
-        log.warning(
-            "Resuming with settings that differ from the checkpoint's run: %s",
-            ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed),
-        )
 
 
 def _json_safe(value: Any) -> Any:

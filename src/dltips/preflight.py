@@ -1,0 +1,156 @@
+"""Checks that run before Hydra writes anything: a bad run dir or a mismatched resume is
+refused while every file already written is still as it was.
+
+`StartChecks` is a Hydra callback (conf/train.yaml): Hydra calls it after composing the
+config and before it creates the run or sweep dir, writes `.hydra/` or launches a job.
+"""
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from dltips.resume import override_arg
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# overrides that say how to run a job, not what it is: they may differ when a sweep resumes
+HOW_TO_RUN = ("sweep.resume", "trainer.resume", "trainer.device", "trainer.num_threads")
+
+
+class PreflightError(SystemExit):
+    """Stops the command with `error: <message>` and exit status 1, before anything is written."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+
+
+def settings_of(overrides: list[str]) -> dict[str, str]:
+    """{key: value} of a job's override strings, without the ones that say how to run it."""
+    pairs = (o.split("=", 1) for o in overrides if "=" in o)
+    settings = {k.lstrip("+~"): v for k, v in pairs}
+    return {k: v for k, v in settings.items() if k not in HOW_TO_RUN}
+
+
+def recorded_overrides(job_dir: Path) -> list[str] | None:
+    """The overrides a job was started with (its .hydra/overrides.yaml), or None."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    return list(OmegaConf.load(path)) if path.is_file() else None
+
+
+def check_same_job(job_dir: Path, overrides: list[str], sweep_dir: Path) -> None:
+    """Refuse to resume `job_dir` with other overrides than it was started with."""
+    recorded = recorded_overrides(job_dir)
+    if recorded is None:
+        return
+    old, new = settings_of(recorded), settings_of(overrides)
+    changes = [
+        f"{k}: {old.get(k, '(not set)')} -> {new.get(k, '(not set)')}"
+        for k in dict.fromkeys([*old, *new])
+        if old.get(k) != new.get(k)
+    ]
+    if changes:
+        raise PreflightError(
+            f"sweep.resume={sweep_dir}: job {job_dir.name} was run with other overrides than "
+            f"this command gives it:\n    " + "\n    ".join(changes) + "\n"
+            f"  A resumed sweep must repeat the original sweep's overrides, in the same order "
+            f"(job {job_dir.name} ran with: {' '.join(recorded)}). Nothing was changed. To run "
+            f"other settings, start a new sweep (leave out sweep.resume)."
+        )
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Create `folder` and a file in it, or explain why that is impossible."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise PreflightError(
+            f"Cannot write the output directory {folder}: {err.strerror or err}.\n"
+            f"  Run from a writable directory, or choose one with {key}=<path>."
+        ) from None
+
+
+def holds_a_run(folder: Path) -> bool:
+    return (folder / "checkpoints").is_dir() or (folder / "metrics.json").is_file()
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Each job's overrides, in job order, as Hydra's grid sweeper will launch them; None
+    when another sweeper decides the jobs."""
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    arguments = params + list(config.hydra.overrides.task)
+    try:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        (jobs,) = BasicSweeper.split_arguments(overrides, None)
+    except Exception:  # e.g. glob(): Hydra itself reports those; each job still checks itself
+        return None
+    return jobs
+
+
+class StartChecks(Callback):
+    """Refuse, before anything is written, what would overwrite or mislabel earlier results."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(config.hydra.run.dir)
+        if not config.trainer.resume and holds_a_run(run_dir):
+            raise PreflightError(
+                f"{run_dir} already holds a run. Continue it with "
+                f"{override_arg('trainer.resume', run_dir)}, or choose a new hydra.run.dir."
+            )
+        check_writable(run_dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        overrides = list(config.hydra.overrides.task)
+        if any(o.split("=", 1)[0].lstrip("+~") == "trainer.resume" for o in overrides):
+            raise PreflightError(
+                "trainer.resume continues one run and cannot be given to a sweep (-m): every "
+                "job would train in that one run's directory. To continue an interrupted "
+                "sweep, run the same command plus sweep.resume=<sweep dir>."
+            )
+        sweep_dir = Path(config.hydra.sweep.dir)
+        resume = config.sweep.resume
+        if resume is None:
+            if sweep_dir.is_dir() and any(holds_a_run(p) for p in sweep_dir.iterdir()):
+                raise PreflightError(
+                    f"{sweep_dir} already holds a sweep. Continue it with the same command "
+                    f"plus {override_arg('sweep.resume', sweep_dir)}, or choose a new "
+                    f"hydra.sweep.dir."
+                )
+        else:
+            if not sweep_dir.is_dir():
+                raise PreflightError(
+                    f"sweep.resume={resume}: no such sweep directory. Sweeps are under "
+                    f"outputs/multirun/DATE/TIME/."
+                )
+            check_resumed_sweep(config, sweep_dir)
+        check_writable(sweep_dir, "hydra.sweep.dir")
+
+
+def check_resumed_sweep(config: DictConfig, sweep_dir: Path) -> None:
+    """Every job that already has a dir must be given the overrides it was started with."""
+    jobs = sweep_jobs(config)
+    if jobs is None:
+        raise PreflightError(
+            f"sweep.resume works with grid sweeps (Hydra's basic sweeper); "
+            f"{config.hydra.sweeper.get('_target_')} decides its jobs anew each time, so "
+            f"resuming it could give old job dirs new settings. Start a new search instead."
+        )
+    if OmegaConf.to_container(config.hydra.sweep)["subdir"] != "${hydra.job.num}":
+        return  # job dirs named otherwise: each job checks its own dir when it starts
+    existing = sorted(int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit())
+    if existing and existing[-1] >= len(jobs):
+        raise PreflightError(
+            f"sweep.resume={sweep_dir}: the sweep has jobs 0 to {existing[-1]}, but this "
+            f"command makes {len(jobs)}. Repeat the original sweep's overrides (see "
+            f"{sweep_dir / 'multirun.yaml'}, hydra.overrides.task). Nothing was changed."
+        )
+    for num in existing:
+        check_same_job(sweep_dir / str(num), jobs[num], sweep_dir)

@@ -1,0 +1,139 @@
+"""Resuming a run: which run dir it continues, whether the checkpoint's settings match, the hint.
+
+A resume never changes what defines a run. Settings that only say how long or where to
+train (RESUMABLE) may differ and are logged; any other difference is refused before
+anything is written.
+"""
+
+import logging
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from dltips.early_stopping import EarlyStopping
+from dltips.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+# keys (or key prefixes ending in ".") that may change when a run continues
+RESUMABLE = (
+    "trainer.max_epochs",
+    "trainer.device",
+    "trainer.num_threads",
+    "trainer.flush_denormal",
+    "trainer.resume",
+    "trainer.early_stopping.patience",
+    "trainer.early_stopping.min_delta",
+    "trainer.early_stopping.restore_best",
+    "trainer.early_stopping.mode",  # the same monitor implies the same direction
+    "data.root",  # where the files are, not what they are
+    "data.download",
+    "sweep.resume",
+)
+
+
+def continued_run_dir(resume: str | None) -> Path | None:
+    """The run dir that `trainer.resume=<resume>` keeps writing into, or None for a new one.
+
+    A run dir continues itself; a checkpoint inside a run's checkpoints/ folder continues
+    that run; any other checkpoint file (or a path that does not exist) starts a new dir.
+    """
+    if resume is None:
+        return None
+    path = Path(str(resume))
+    if path.is_dir():
+        return path
+    if path.is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent
+    return None
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: every leaf of a nested config under its dotted key."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(refused, allowed): 'key: old -> new' for every setting that differs."""
+    old, new = flatten(saved), flatten(current)
+    refused, allowed = [], []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) == new.get(key):
+            continue
+        change = f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
+        (allowed if key.startswith(RESUMABLE) else refused).append(change)
+    return refused, allowed
+
+
+def check_same_run(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """Refuse to continue a checkpoint whose run was defined by other settings."""
+    refused, allowed = config_changes(ckpt["config"], OmegaConf.to_container(cfg, resolve=True))
+    if refused:
+        raise CheckpointError(
+            f"Checkpoint {path} was written by a run with other settings; continuing it with "
+            f"these would mix two experiments:\n    "
+            + "\n    ".join(refused)
+            + "\n  Resume with the same settings as the run that wrote it (its "
+            ".hydra/config.yaml), or start a new run without trainer.resume. Only "
+            "trainer.max_epochs, trainer.device, trainer.num_threads, the early-stopping "
+            "patience and the data location may change on resume."
+        )
+    allowed = [c for c in allowed if not c.startswith(("trainer.resume:", "sweep.resume:"))]
+    if allowed:
+        log.info("Resuming with changed settings: %s", "; ".join(allowed))
+
+
+def restore(
+    ckpt: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stopper: EarlyStopping,
+    shuffle: torch.Generator,
+    device: torch.device,
+    path: Path,
+) -> int:
+    """Load a checkpoint's state into the freshly built objects; returns its epoch."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit the configured model or optimizer: "
+            f"{str(err).strip().splitlines()[0]}...\n  Resume with the same model and optim "
+            f"settings as the run that wrote it (see its .hydra/config.yaml)."
+        ) from err
+    stopper.load_state_dict(ckpt["early_stopping"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    shuffle.set_state(ckpt["rng"]["shuffle"])
+    if device.type == "cuda" and "cuda" in ckpt["rng"]:
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return int(ckpt["epoch"])
+
+
+def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every random state the loop draws from, so a resumed run continues identically."""
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def override_arg(key: str, path: Path | str) -> str:
+    """`key="path"` as one shell word, safe to paste: spaces, quotes, non-ASCII characters.
+
+    Hydra reads a double-quoted value verbatim except for backslashes before a quote or at
+    the end, which are escaped; the shell quoting around it keeps the override one argument.
+    """
+    value = re.sub(r'(\\*)("|$)', lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), str(path))
+    return shlex.quote(f'{key}="{value}"')

@@ -1,0 +1,103 @@
+"""What scripts/train.py does with one composed config: a single run, or one job of a sweep.
+
+A single run stops on a bad config with `error: ...` and leaves no run dir behind. A sweep
+job that fails is recorded (status failed) and the sweep goes on; a resumed sweep skips
+the jobs that finished and continues the interrupted ones in place.
+"""
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from dltips.errors import Interrupted, UserError
+from dltips.preflight import check_same_job, holds_a_run
+from dltips.resume import override_arg
+from dltips.runs import finished_metrics
+from dltips.sweep import record_failure, threads_per_job
+from dltips.train import train
+
+log = logging.getLogger("dltips")
+STARTED = time.time()  # files of this invocation are newer
+HYDRA_FILES = {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log"}
+
+
+def objective(metrics: dict, cfg: DictConfig) -> float:
+    """The best value of the monitored validation metric: what a sweeper optimizes."""
+    monitor = cfg.trainer.early_stopping.monitor
+    best = [
+        h[monitor] for h in metrics.get("history", []) if h["epoch"] == metrics.get("best_epoch")
+    ]
+    return best[0] if best else math.nan
+
+
+def run(cfg: DictConfig) -> float:
+    """Train once, in the run dir Hydra chose; the objective of the result."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:
+        return sweep_job(cfg, run_dir, Path(hc.sweep.dir), list(hc.overrides.task))
+    try:
+        return objective(train(cfg, run_dir), cfg)
+    except Interrupted as err:  # already logged, with the command that continues the run
+        raise SystemExit(128 + err.signum) from None
+    except UserError as err:
+        remove_unstarted(run_dir)
+        raise SystemExit(f"error: {err}") from None
+    except SystemExit:  # Ctrl-C before training started (see scripts/train.py)
+        remove_unstarted(run_dir)
+        raise
+
+
+def sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, overrides: list[str]) -> float:
+    """One job of a sweep: skipped when it finished before, failures recorded, not raised."""
+    threads = threads_per_job(HydraConfig.get().launcher.get("n_jobs"))
+    if threads and not cfg.trainer.num_threads:  # train() applies an explicit setting
+        torch.set_num_threads(threads)
+    if cfg.sweep.resume:
+        check_same_job(run_dir, overrides, sweep_dir)  # also checked before launch
+        done = finished_metrics(run_dir)
+        if done:
+            log.info("Already %s, skipped: %s", done["status"], run_dir)
+            return objective(done, cfg)
+        if (run_dir / "checkpoints" / "last.pt").is_file():  # an interrupted job continues
+            cfg = OmegaConf.merge(cfg, {"trainer": {"resume": str(run_dir)}})
+    elif holds_a_run(run_dir):
+        raise SystemExit(f"error: {run_dir} already holds a run; resume the sweep instead.")
+
+    try:
+        return objective(train(cfg, run_dir, override_arg("sweep.resume", sweep_dir)), cfg)
+    except Interrupted as err:  # stops the sweep too: the user asked for it (already logged)
+        raise SystemExit(128 + err.signum) from None
+    except Exception as err:
+        if isinstance(err, UserError):
+            log.error("Job failed: %s", err)
+        else:
+            log.exception("Job failed")
+        record_failure(run_dir, err)
+        return math.nan
+
+
+def remove_unstarted(run_dir: Path) -> None:
+    """Delete a run dir that this invocation made and that holds only Hydra's files, so a
+    command that failed before training leaves no empty run behind."""
+    if not run_dir.is_dir():
+        return
+    files = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
+    if not files <= HYDRA_FILES or any((run_dir / f).stat().st_mtime < STARTED - 1 for f in files):
+        return
+    for f in files:
+        (run_dir / f).unlink()
+    hydra_dir = run_dir / ".hydra"
+    if hydra_dir.is_dir() and not any(hydra_dir.iterdir()):
+        hydra_dir.rmdir()
+    # the run dir, then its parents that are now empty (outputs/DATE/), up to the cwd
+    cwd, folder = Path.cwd().resolve(), run_dir.resolve()
+    while cwd in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
