@@ -1,7 +1,9 @@
 """Data sets: the bundled digits, torchvision's loaders on real IDX files, clear errors."""
 
 import gzip
+import os
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torchvision
 from conftest import FASHION_DIR, make_cfg
 from dltips.data import load_dataset, read_cached, stratified_holdout
 from dltips.errors import DataError
+from dltips.train import train
 
 
 def write_idx(path: Path, tensor: torch.Tensor) -> None:
@@ -133,3 +136,28 @@ def test_fashion_mnist_from_debian_package_without_download(tmp_path):
     with gzip.open(FASHION_DIR / "t10k-labels-idx1-ubyte.gz") as f:
         labels = torch.frombuffer(bytearray(f.read()[8:]), dtype=torch.uint8)
     assert torch.equal(data.y_test, labels.long())
+
+
+def test_read_only_data_dir_trains_without_the_cache(tmp_path, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    mounted = (
+        os.geteuid() == 0  # as root, chmod does not stop writes: mount a read-only tmpfs
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(data)], capture_output=True
+        ).returncode
+        == 0
+    )
+    if not mounted:
+        pytest.skip("needs root and mount to make a read-only directory")
+    try:
+        metrics = train(make_cfg("trainer.max_epochs=1", f"data.root={data}"), tmp_path / "run")
+        assert not (data / "cache").exists()
+    finally:
+        subprocess.run(["umount", str(data)], check=False)
+    assert metrics["status"] == "completed" and metrics["epochs_trained"] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"Cannot write the data cache {data}/cache/mnist_5k.pt (Read-only file system): "
+        f"training without it, decoding the data again in every run"
+    ]

@@ -1,15 +1,23 @@
-"""Crash-safe files: checkpoints and JSON written to a temporary file, then renamed."""
+"""Crash-safe files (written to a temporary file, then renamed), and checkpoints loaded
+only when they are what dltips writes."""
 
 import json
 import os
 import pickle
-import tempfile
+import re
+import secrets
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dltips.errors import CheckpointError, OutputError
+
+# what a dltips checkpoint holds: train.py's state() writes these keys
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "early_stopping", "history", "rng", "config")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (since PyTorch 1.6)
+LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)  # older torch.save format
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -18,7 +26,7 @@ def _atomic_write(path: Path, write) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _create_temporary(path)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -26,8 +34,8 @@ def _atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)  # atomic: readers see the old file or the new one
     except BaseException as err:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        os_error = _find_os_error(err)
+            tmp.unlink(missing_ok=True)
+        os_error = find_os_error(err)
         if os_error is None:
             raise
         raise OutputError(
@@ -36,7 +44,21 @@ def _atomic_write(path: Path, write) -> None:
         ) from err
 
 
-def _find_os_error(err: BaseException | None) -> OSError | None:
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file `.<name>.<random>.tmp` beside `path`, open for writing.
+
+    Created with mode 0666 like open() does, so the umask applies (tempfile.mkstemp would
+    make it 0600, and os.replace keeps that mode).
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # another writer's temporary: draw another name
+            continue
+
+
+def find_os_error(err: BaseException | None) -> OSError | None:
     """The OSError behind `err` (torch.save reports a full disk as a RuntimeError)."""
     while err is not None:
         if isinstance(err, OSError):
@@ -62,24 +84,134 @@ def atomic_write_json(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True: tensors and plain values, never code."""
+    """A dltips checkpoint, loaded with weights_only=True: tensors and plain values, never code."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
+    _check_torch_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        damaged = _first_damaged_member(path)
+        if damaged:  # garbled bytes also upset the unpickler: not a sign of code
+            raise _damaged(path, f"{damaged} in the zip archive fails its CRC check") from err
         raise CheckpointError(
-            f"Refusing to load {path}: it holds objects other than tensors and plain values "
-            f"(possibly code), and dltips loads checkpoints with weights_only=True. "
-            f"Only resume from checkpoints that dltips wrote. ({str(err).splitlines()[0]})"
+            f"Refusing to load {path}: besides tensors and plain values it holds "
+            f"{_unpickler_complaint(err)}, which could run code, and dltips never runs code "
+            f"from a file (nothing in it ran). dltips did not write it: resume from a "
+            f"checkpoint that dltips wrote (a run directory's checkpoints/last.pt or best.pt)."
         ) from err
     except Exception as err:
+        raise _damaged(path, f"{type(err).__name__}: {_first_sentence(str(err))}") from err
+    problem = _what_is_wrong(ckpt)
+    if problem:
         raise CheckpointError(
-            f"Cannot read checkpoint {path}: the file is truncated or corrupt "
-            f"({type(err).__name__}: {err}). Resume from another checkpoint "
-            f"(checkpoints/best.pt) or start the run again."
-        ) from err
+            f"{path} is not a dltips checkpoint: {problem}. It was not written by dltips, or "
+            f"it was damaged or edited since. Resume from a run directory "
+            f"(trainer.resume=<run dir> uses its checkpoints/last.pt) or from another "
+            f"checkpoint, such as the run's checkpoints/best.pt."
+        )
+    return ckpt
+
+
+def _check_torch_file(path: Path) -> None:
+    """Raise unless `path` starts like a file that torch.save wrote (zip or legacy format)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(LEGACY_MAGIC):
+        return
+    if not head.startswith(ZIP_MAGIC):
+        if not head:
+            what = "it is empty"
+        elif _is_text(head):
+            what = "it is a text file, not the zip archive that torch.save writes"
+        else:
+            what = "it is not the zip archive that torch.save writes"
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint: {what}. Give trainer.resume a run "
+            f"directory or a .pt file from a run's checkpoints/ folder."
+        )
+    if not zipfile.is_zipfile(path):  # the zip's directory is at its end: cut off
+        raise _damaged(path, "the zip archive has no central directory")
+    with zipfile.ZipFile(path) as archive:
+        if not any(Path(name).name == "data.pkl" for name in archive.namelist()):
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint: it is a zip archive without the "
+                f"data.pkl that torch.save writes. Give trainer.resume a run directory or a "
+                f".pt file from a run's checkpoints/ folder."
+            )
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether the first bytes of a file read as UTF-8 text (JSON, YAML, Markdown, ...)."""
+    if b"\0" in head:
+        return False
+    try:
+        head.decode()
+    except UnicodeDecodeError as err:  # a multi-byte character cut at the end is fine
+        return err.start >= len(head) - 3
+    return True
+
+
+def _first_damaged_member(path: Path) -> str | None:
+    """The first file in the zip archive at `path` whose bytes fail their CRC check."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except Exception as err:  # a header too broken to check is damage too
+        return f"a member ({type(err).__name__}: {err})"
+
+
+def _damaged(path: Path, detail: str) -> CheckpointError:
+    """The error for a torch file that cannot be read to the end."""
+    return CheckpointError(
+        f"Cannot read checkpoint {path}: the file is truncated or corrupt ({detail}). Resume "
+        f"from another checkpoint (checkpoints/best.pt) or start the run again."
+    )
+
+
+def _first_sentence(text: str) -> str:
+    return re.split(r"(?<=\.)\s|\n", text.strip(), maxsplit=1)[0]
+
+
+def _unpickler_complaint(err: pickle.UnpicklingError) -> str:
+    """What torch's weights_only unpickler refused, without its advice to load it unsafely."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"a pickled {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error: ([^\n]*\S)", text)
+    if found:
+        return f"other pickled objects ({_first_sentence(found.group(1))})"
+    return "other pickled objects (possibly code)"
+
+
+def _what_is_wrong(ckpt: Any) -> str | None:
+    """Why `ckpt` is not what train.py's state() writes, or None if it is."""
+    if not isinstance(ckpt, dict):
+        return f"it holds a {type(ckpt).__name__}, not a dict of training state"
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        keys = ", ".join(repr(k) for k in missing)
+        return f"it has no {keys} key{'s' if len(missing) > 1 else ''}"
+    epoch = ckpt["epoch"]
+    if type(epoch) is not int or epoch < 0:  # not bool either, though True == 1
+        return f"its 'epoch' is {epoch!r}, not a whole number >= 0"
+    for key in ("model", "optimizer", "early_stopping", "rng", "config"):
+        if not isinstance(ckpt[key], dict):
+            return f"its {key!r} is a {type(ckpt[key]).__name__}, not a dict"
+    not_tensors = [k for k, v in ckpt["model"].items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        return f"its 'model' holds {not_tensors[0]!r}, which is not a tensor"
+    for key in ("torch", "shuffle"):
+        if not isinstance(ckpt["rng"].get(key), torch.Tensor):
+            return f"its 'rng' has no {key!r} random state"
+    missing = [k for k in ("best", "best_epoch", "bad_epochs") if k not in ckpt["early_stopping"]]
+    if missing:
+        return f"its 'early_stopping' has no {', '.join(repr(k) for k in missing)}"
+    if not isinstance(ckpt["history"], list):
+        return f"its 'history' is a {type(ckpt['history']).__name__}, not a list"
+    return None
 
 
 def resolve_resume(resume: str) -> tuple[Path, Path | None]:

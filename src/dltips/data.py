@@ -15,8 +15,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch.utils.data import Sampler
 
-from dltips.checkpoint import atomic_save
-from dltips.errors import ConfigError, DataError
+from dltips.checkpoint import atomic_save, find_os_error
+from dltips.errors import ConfigError, DataError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,14 @@ def read_cached(cfg: DictConfig) -> dict[str, torch.Tensor]:
     raw = read(root=root, download=cfg.download)
     try:
         atomic_save(raw, cache)
-    except OSError as err:  # a read-only data dir still trains, just without the cache
-        log.warning("Could not write the data cache %s: %s", cache, err)
+    except OutputError as err:  # a read-only data dir still trains, just without the cache
+        reason = find_os_error(err)
+        log.warning(
+            "Cannot write the data cache %s (%s): training without it, decoding the data "
+            "again in every run",
+            cache,
+            reason.strerror or reason,
+        )
     return raw
 
 
