@@ -156,8 +156,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 def test_resume_from_a_different_architecture_is_refused(tmp_path):
     train(make_cfg("trainer.max_epochs=1"), tmp_path / "a")
     cfg = make_cfg("model.width=32", f"trainer.resume={tmp_path / 'a'}")
-    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+    with pytest.raises(CheckpointError, match="other settings") as err:
         train(cfg, tmp_path / "b")
+    assert "model.width: 64 -> 32" in str(err.value)
 
 
 def test_resume_from_a_missing_dir_is_refused(tmp_path):

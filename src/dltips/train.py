@@ -11,7 +11,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -23,14 +22,14 @@ from dltips.checkpoint import (
     resolve_resume,
 )
 from dltips.config import resolve_device, validate
-from dltips.data import ShuffledBatches, load_dataset
+from dltips.data import load_dataset
 from dltips.early_stopping import EarlyStopping
 from dltips.errors import ConfigError, Interrupted, OutputError
-from dltips.losses import l1_penalty
-from dltips.models import layer_names, linear_layers
+from dltips.models import layer_names
 from dltips.resume import check_same_run, override_arg, restore, rng_state
 from dltips.runs import finished_metrics
 from dltips.signals import catch_stop_signals
+from dltips.step import TrainStep, batch_sizes, epoch_batches
 from dltips.tensorboard_log import key_hparams, log_epoch, log_hparams, open_writer
 
 log = logging.getLogger(__name__)
@@ -85,10 +84,8 @@ def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dic
     # data: decoded once (cached), split, and moved to the device in one go
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.data, seed=cfg.seed).to(device)
-    train_set = TensorDataset(data.x_train, data.y_train)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    batches = ShuffledBatches(len(train_set), cfg.data.batch_size, generator=shuffle)
-    loader = DataLoader(train_set, sampler=batches, batch_size=None)
+    shuffle = torch.Generator(device=device).manual_seed(cfg.seed)  # batches drawn on the device
+    n_train, batch_size = len(data.y_train), cfg.data.batch_size
 
     try:
         model = instantiate(cfg.model, in_features=data.in_features, num_classes=data.num_classes)
@@ -99,7 +96,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dic
         cause = err.__cause__ or err
         raise ConfigError(f"Cannot build the model, optimizer or loss: {cause}") from err
     stopper = EarlyStopping(**cfg.trainer.early_stopping)
-    layers, names = linear_layers(model), layer_names(model)
+    names = layer_names(model)
     num_params = sum(p.numel() for p in model.parameters())
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -166,70 +163,60 @@ def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dic
         disable=not sys.stderr.isatty(),
     )
 
-    l1, grad_clip = cfg.loss.l1, cfg.trainer.grad_clip  # read once: config access is slow
-    weights = [layer.weight for layer in layers]
+    step = TrainStep(
+        model,
+        optimizer,
+        criterion,
+        steps_per_epoch=len(batch_sizes(n_train, batch_size)),
+        l1=cfg.loss.l1,
+        grad_clip=cfg.trainer.grad_clip,
+        bf16=bf16,
+    )
     with logging_redirect_tqdm(), catch_stop_signals() as stop, writer:
         for epoch in progress:
             if stopper.should_stop:  # a resumed run that had already stopped
                 break
             epoch_started = time.perf_counter()
             model.train()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            grad_norm_sum = torch.zeros(len(layers), device=device)
-            for step, (x, y) in enumerate(loader, start=1):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(x)
-                    loss = criterion(logits, y)
-                # a NaN or infinite loss ends the run at once instead of training on garbage
-                if not torch.isfinite(loss):
-                    status = "diverged"
-                    log.error(
-                        "The loss became %s at epoch %d, step %d: training diverged. Try a "
-                        "lower learning rate (optim.lr=%g now) or trainer.grad_clip.",
-                        loss.item(),
-                        epoch,
-                        step,
-                        cfg.optim.lr,
-                    )
-                    break
-                objective = loss + l1 * l1_penalty(model) if l1 else loss
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                # per-layer gradient norms show vanishing gradients in deep sigmoid networks
-                grad_norm_sum += torch.stack(torch._foreach_norm([w.grad for w in weights]))
-                if grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(dim=1) == y).sum()
+            step.reset()
+            sizes = []
+            for index, batch in enumerate(epoch_batches(n_train, batch_size, shuffle)):
+                step(data.x_train[batch], data.y_train[batch], index)
+                sizes.append(len(batch))
                 if stop.signum:  # the partial epoch is dropped: last.pt has the one before
                     break
-            if status == "diverged":
-                break
             if stop.signum:
                 message = (
-                    f"Stopped by {stop.name} during epoch {epoch}, step {step}. "
+                    f"Stopped by {stop.name} during epoch {epoch}, step {len(sizes)}. "
                     f"checkpoints/last.pt holds epoch {epoch - 1}; to continue, run the same "
                     f"command plus {resume_hint}"
                 )
                 log.warning(message)  # in train.log too, where a cluster job's user looks
                 raise Interrupted(stop.signum, message)
+            sums = step.read(sizes)
+            # a NaN or infinite loss ends the run; the weights it reports predate that step
+            if sums.first_bad_step is not None:
+                status = "diverged"
+                log.error(
+                    "The loss became %s at epoch %d, step %d: training diverged. Try a "
+                    "lower learning rate (optim.lr=%g now) or trainer.grad_clip.",
+                    sums.bad_loss,
+                    epoch,
+                    sums.first_bad_step,
+                    cfg.optim.lr,
+                )
+                break
 
-            metrics = {
-                "train/loss": (loss_sum / len(data.y_train)).item(),
-                "train/acc": correct.item() / len(data.y_train),
-            }
+            metrics = {"train/loss": sums.loss, "train/acc": sums.correct / n_train}
             train_seconds.append(time.perf_counter() - epoch_started)
             metrics["val/loss"], metrics["val/acc"] = evaluate(
                 model, data.x_val, data.y_val, criterion, bf16
             )
-            grad_norms = (grad_norm_sum / len(batches)).tolist()
             history.append(
                 {
                     "epoch": epoch,
                     **metrics,
-                    **{f"grad_norm/{n}": g for n, g in zip(names, grad_norms)},
+                    **{f"grad_norm/{n}": g for n, g in zip(names, sums.grad_norms)},
                 }
             )
             improved = stopper.update(metrics, epoch)
@@ -262,9 +249,14 @@ def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dic
                 )
                 break
 
-        # final metrics: the reported weights, evaluated in eval mode over every split
-        if stopper.restore_best and (ckpt_dir / "best.pt").is_file():
-            model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
+        # final metrics: the reported weights, evaluated in eval mode over every split.
+        # A diverged run's weights went on updating after the bad step: the last completed
+        # epoch's (last.pt) or the best epoch's weights are reported instead.
+        best = ckpt_dir / "best.pt"
+        if stopper.restore_best and best.is_file():
+            model.load_state_dict(load_checkpoint(best)["model"])
+        elif status == "diverged":
+            model.load_state_dict(load_checkpoint(ckpt_dir / "last.pt")["model"])
         final = {}
         for split, x, y in (
             ("train", data.x_train, data.y_train),

@@ -1,0 +1,115 @@
+"""The training step and the sums of an epoch, with no host sync.
+
+`TrainStep.__call__` runs forward, loss, backward, per-layer gradient norms, clipping and
+the optimizer step for one batch, and adds the batch's loss, correct predictions and
+gradient norms to tensors on the device. Nothing in it waits for the GPU: a NaN or
+infinite loss is found when `TrainStep.read` looks at the epoch's per-step losses, the one
+CPU-GPU sync point of an epoch. `epoch_batches` draws the shuffled batch indices on the
+device, so a batch is one gather there, with no index tensor sent from the CPU.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dltips.losses import l1_penalty
+from dltips.models import linear_layers
+
+
+def epoch_batches(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index tensors of one epoch's shuffled batches, on the generator's device (the last
+    one is smaller when batch_size does not divide size)."""
+    perm = torch.randperm(size, generator=generator, device=generator.device)
+    return iter(perm.split(batch_size))
+
+
+def batch_sizes(size: int, batch_size: int) -> list[int]:
+    """The size of each batch of an epoch: full ones, then the remainder."""
+    full, rest = divmod(size, batch_size)
+    return [batch_size] * full + [rest] * (rest > 0)
+
+
+@dataclass
+class EpochSums:
+    """What an epoch's steps added up, read from the device in one go."""
+
+    loss: float  # mean training loss over the samples of the steps that ran
+    correct: int  # correctly classified training samples
+    grad_norms: list[float]  # mean gradient norm of each linear layer's weight
+    first_bad_step: int | None  # 1-based step whose loss was first NaN or infinite
+    bad_loss: float | None  # that loss
+
+
+class TrainStep:
+    """One optimizer step per call; the epoch's sums stay on the device until `read`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: nn.Module,
+        steps_per_epoch: int,
+        l1: float = 0.0,
+        grad_clip: float | None = None,
+        bf16: bool = False,
+    ) -> None:
+        self.model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.l1, self.grad_clip, self.bf16 = l1, grad_clip, bf16
+        self.params = list(model.parameters())
+        self.weights = [layer.weight for layer in linear_layers(model)]
+        device = self.params[0].device
+        self.device_type = device.type
+        # one slot per step: the loss sum and the divergence check both come from it
+        self.losses = torch.zeros(steps_per_epoch, device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.grad_norm_sum = torch.zeros(len(self.weights), device=device)
+
+    def reset(self) -> None:
+        """Zero the sums before an epoch."""
+        self.losses.zero_()
+        self.correct.zero_()
+        self.grad_norm_sum.zero_()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, index: int) -> None:
+        """Train on one batch: the `index`-th step of the epoch (0-based)."""
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(x)
+            loss = self.criterion(logits, y)
+        objective = loss + self.l1 * l1_penalty(self.model) if self.l1 else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        # per-layer gradient norms show vanishing gradients in deep sigmoid networks
+        self.grad_norm_sum += torch.stack(torch._foreach_norm([w.grad for w in self.weights]))
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip)  # no sync: scales on device
+        self.optimizer.step()
+        self.losses[index] = loss.detach()
+        self.correct += (logits.argmax(dim=1) == y).sum()
+
+    def read(self, sizes: list[int]) -> EpochSums:
+        """The sums of the first len(sizes) steps (batches of those sizes), in one sync."""
+        steps = len(sizes)
+        losses = self.losses[:steps]
+        finite = torch.isfinite(losses)
+        weights = torch.tensor(sizes, dtype=losses.dtype, device=losses.device)
+        # argmin of `finite` is the first False; all True gives 0, told apart by `all_finite`
+        packed = torch.cat(
+            [
+                (losses.nan_to_num(0.0, 0.0, 0.0) * weights).sum().view(1),
+                self.correct.view(1).to(losses.dtype),
+                finite.all().view(1).to(losses.dtype),
+                finite.to(torch.uint8).argmin().view(1).to(losses.dtype),
+                self.grad_norm_sum / steps,
+            ]
+        ).tolist()  # the CPU waits for the GPU here, once per epoch
+        loss_sum, correct, all_finite, first_bad, *grad_norms = packed
+        bad = None if all_finite else int(first_bad)
+        return EpochSums(
+            loss=loss_sum / sum(sizes),
+            correct=round(correct),
+            grad_norms=grad_norms,
+            first_bad_step=None if bad is None else bad + 1,
+            bad_loss=None if bad is None else float(self.losses[bad]),
+        )
