@@ -4,6 +4,7 @@ python scripts/plot.py outputs/multirun/2026-11-25/11-17-18
 """
 
 import argparse
+import logging
 from pathlib import Path
 
 from dltips.plots import plot_sweep
@@ -14,6 +15,7 @@ def main() -> None:
     parser.add_argument("dir", type=Path, help="a sweep dir, or any folder holding run dirs")
     parser.add_argument("--out", type=Path, help="where to write the PNGs (default: DIR)")
     args = parser.parse_args()
+    logging.basicConfig(format="%(levelname)s: %(message)s")  # skipped runs, one line each
     if not args.dir.is_dir():
         parser.error(f"{args.dir} is not a directory")
     try:

@@ -1,6 +1,7 @@
 """The tips, measured: run the lecture and tips presets as sweeps and write docs/RESULTS.md."""
 
 import platform
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ from dltips.runs import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+# docs/RESULTS.md and its hand-written notes are about this run, the full report (make report)
+DOCS_PAGE = ROOT / "docs" / "RESULTS.md"
+FULL_REPORT = "python scripts/report.py --data fashion_mnist"
+FULL_REPORT_DATA = "fashion_mnist"
 
 # the lecture demo's published (Keras, MNIST, first 10,000 training images) accuracies
 LECTURE_PUBLISHED = {
@@ -128,6 +133,31 @@ SECTIONS = {
 }
 
 
+def default_runs_dir(data: str | None, sets: list[str]) -> Path:
+    """outputs/report/<data>, plus the --set overrides in the name: sweeps made with other
+    settings never resume into the full report's, nor get reported as them."""
+    name = "-".join([data or "mnist", *sets])
+    return Path("outputs/report") / re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def report_page(sections: list[str], data: str | None, sets: list[str], runs_dir: Path) -> Path:
+    """Where a report's page goes unless --out says: docs/RESULTS.md for the full report
+    (every section, --data fashion_mnist, no --set, the default runs dir), else RESULTS.md
+    in the runs dir, so a quick look never replaces the documented results."""
+    full = (
+        set(sections) == set(SECTIONS)
+        and data == FULL_REPORT_DATA
+        and not sets
+        and runs_dir.resolve() == default_runs_dir(data, sets).resolve()
+    )
+    return DOCS_PAGE if full else runs_dir / "RESULTS.md"
+
+
+def images_dir(page: Path) -> Path:
+    """The page's own folder of PNGs, named after it: docs/RESULTS.md -> docs/results/."""
+    return page.parent / page.stem.lower()
+
+
 def run_section(section: Section, sweep_dir: Path, extra: list[str]) -> None:
     """Run a section's presets as one Hydra multirun into `sweep_dir` (finished jobs kept)."""
     resume = [f"sweep.resume={sweep_dir}"] if sweep_dir.is_dir() else []
@@ -167,7 +197,7 @@ def plot_grad_norms(runs: pd.DataFrame, out: Path) -> Path:
     deepest = runs[runs["model.depth"].astype(int) == runs["model.depth"].astype(int).max()]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for _, row in deepest.iterrows():
-        first = (read_metrics(Path(row["path"])) or {}).get("history", [{}])[0]
+        first = ((read_metrics(Path(row["path"])) or {}).get("history") or [{}])[0]
         names = [k for k in first if k.startswith("grad_norm/")]
         ax.plot(
             range(1, len(names) + 1), [first[k] for k in names], marker="o", label=str(row["model"])
@@ -192,15 +222,27 @@ def plot_grad_norms(runs: pd.DataFrame, out: Path) -> Path:
 def write_report(
     sections: list[Section], runs_dir: Path, out: Path, command: str, notes_dir: Path | None = None
 ) -> Path:
-    """docs/RESULTS.md (or `out`) with a table and plots per section, from the runs on disk."""
+    """The page `out`, a table and plots per section, from the runs on disk.
+
+    The PNGs go into the page's own folder (images_dir), so no other page's are replaced.
+    Raises FileNotFoundError, and writes nothing, when no section has a finished run.
+    """
+    finished = {}
+    for section in sections:
+        sweep_dir = runs_dir / section.name
+        runs = collect_runs(sweep_dir) if sweep_dir.is_dir() else pd.DataFrame()
+        finished[section.name] = runs[runs["status"].isin(DONE)] if not runs.empty else runs
+    if all(runs.empty for runs in finished.values()):
+        where = runs_dir if runs_dir.is_dir() else f"{runs_dir}, which does not exist"
+        names = ", ".join(s.name for s in sections)
+        raise FileNotFoundError(f"No finished runs of {names} in {where}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    images = out.parent / "results"
+    images = images_dir(out)
     images.mkdir(exist_ok=True)
     parts = []
     for section in sections:
         sweep_dir = runs_dir / section.name
-        runs = collect_runs(sweep_dir) if sweep_dir.is_dir() else pd.DataFrame()
-        runs = runs[runs["status"].isin(DONE)] if not runs.empty else runs
+        runs = finished[section.name]
         parts += [f"## {section.title}", "", section.about, ""]
         if runs.empty:
             parts += ["No finished runs.", ""]
@@ -211,12 +253,12 @@ def write_report(
         parts += [markdown_table(section_table(section, runs), digits=3), ""]
         varying, _ = split_settings(runs.drop(columns="path"))
         figures = [plot_curves(sweep_dir, runs, varying, images / f"{section.name}_curves.png")]
-        for key in section.plot_keys:
+        for key in (k for k in section.plot_keys if k in runs):  # a key the sweep has
             others = [k for k in varying if k not in (key, "seed")]
             figures.append(plot_against(runs, key, others, images / f"{section.name}_{key}.png"))
         if section.grad_norms:
             figures.append(plot_grad_norms(runs, images / f"{section.name}_grad_norms.png"))
-        parts += [f"![{f.stem}](results/{f.name})" for f in figures] + [""]
+        parts += [f"![{f.stem}]({images.name}/{f.name})" for f in figures] + [""]
         note = (notes_dir or out.parent / "notes") / f"{section.name}.md"
         if note.is_file():
             parts += ["**What we saw.** " + note.read_text().strip(), ""]

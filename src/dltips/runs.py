@@ -1,6 +1,7 @@
 """The table of runs: every run dir under a folder, its settings and metrics, as one DataFrame."""
 
 import json
+import logging
 import math
 from datetime import datetime
 from pathlib import Path
@@ -9,24 +10,95 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-METRIC_COLUMNS = ["train/acc", "val/acc", "test/acc", "val/loss", "test/loss"]
+from dltips.early_stopping import metric_mode
+
+log = logging.getLogger(__name__)
+
+# every monitor early stopping accepts is a column, so a summary can sort by it
+METRIC_COLUMNS = ["train/loss", "train/acc", "val/acc", "test/acc", "val/loss", "test/loss"]
 DONE = ("completed", "diverged")  # statuses a resumed sweep does not run again
 # overrides that say how to run, not what: never a column of the summary
 NOT_SETTINGS = ("trainer.resume", "sweep.resume", "trainer.device", "trainer.num_threads")
+# what train() writes into metrics.json, by type (a failed job writes only status and error)
+NUMBER_KEYS = (*METRIC_COLUMNS, "wall_seconds", "seconds_per_epoch")  # or null
+INTEGER_KEYS = ("best_epoch", "epochs_trained")
+
+
+class BadMetrics(ValueError):
+    """A metrics.json that is there but not as dltips writes it (truncated, hand-edited)."""
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """A run's metrics.json, or None when it has none (yet) or it cannot be read."""
+    """A run's metrics.json; None when it has none (yet).
+
+    Raises BadMetrics, naming the file, when it is there but cannot be read, is not valid
+    JSON or not an object, or holds a value of the wrong type.
+    """
+    path = Path(run_dir) / "metrics.json"
     try:
-        return json.loads((Path(run_dir) / "metrics.json").read_text())
-    except (OSError, ValueError):
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except OSError as err:
+        raise BadMetrics(f"{path}: cannot be read ({err.strerror or err})") from err
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise BadMetrics(f"{path}: not valid JSON ({err})") from err
+    problem = _metrics_problem(metrics)
+    if problem:
+        raise BadMetrics(f"{path}: {problem}")
+    return metrics
+
+
+def _metrics_problem(metrics: Any) -> str | None:
+    """What makes parsed metrics.json contents unusable, or None when they are fine."""
+    if not isinstance(metrics, dict):
+        return f"not a JSON object but {_show(metrics)}"
+    if not isinstance(metrics.get("status"), str):
+        return f"'status' is {_show(metrics.get('status'))}, not a string"
+    if not isinstance(metrics.get("error", ""), str):
+        return f"'error' is {_show(metrics['error'])}, not a string"
+    for key in NUMBER_KEYS:
+        if metrics.get(key) is not None and not _is_number(metrics[key]):
+            return f"'{key}' is {_show(metrics[key])}, not a number or null"
+    for key in INTEGER_KEYS:
+        if key in metrics and not _is_integer(metrics[key]):
+            return f"'{key}' is {_show(metrics[key])}, not an integer"
+    history = metrics.get("history", [])
+    if not isinstance(history, list) or not all(
+        isinstance(h, dict)
+        and _is_integer(h.get("epoch"))
+        and all(v is None or _is_number(v) for v in h.values())
+        for h in history
+    ):
+        return "'history' is not a list of objects with an integer epoch and numeric values"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    """A value as it reads in JSON, cut short: it goes into a one-line message."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def finished_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """The metrics of a run that completed or diverged; None if it must (re)run."""
-    metrics = read_metrics(run_dir)
-    return metrics if metrics and metrics.get("status") in DONE else None
+    """The metrics of a run that completed or diverged; None if it must (re)run.
+
+    A damaged metrics.json counts as not finished, with a warning: the run is done again.
+    """
+    try:
+        metrics = read_metrics(run_dir)
+    except BadMetrics as err:
+        log.warning("%s; the run counts as not finished", err)
+        return None
+    return metrics if metrics and metrics["status"] in DONE else None
 
 
 def _overrides(run_dir: Path) -> dict[str, str]:
@@ -38,13 +110,22 @@ def _overrides(run_dir: Path) -> dict[str, str]:
 
 
 def collect_runs(root: Path) -> pd.DataFrame:
-    """One row per run dir under `root` (a dir with .hydra/ or metrics.json), any status."""
+    """One row per run dir under `root` (a dir with .hydra/ or metrics.json), any status.
+
+    A run without metrics.json is `unfinished`. A run whose metrics.json is damaged is left
+    out with a warning naming the file; `.attrs["skipped"]` lists those files.
+    """
     root = Path(root)
     dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
     dirs |= {p.parent for p in root.rglob("metrics.json")}
-    rows = []
+    rows, skipped = [], []
     for run_dir in sorted(dirs, key=lambda p: _natural_key(p.relative_to(root))):
-        metrics = read_metrics(run_dir) or {}
+        try:
+            metrics = read_metrics(run_dir) or {}
+        except BadMetrics as err:
+            log.warning("Skipped %s; fix the file or train the run again.", err)
+            skipped.append(run_dir / "metrics.json")
+            continue
         row = {"run": run_dir.relative_to(root).as_posix() or ".", **_overrides(run_dir)}
         row["status"] = metrics.get("status", "unfinished")
         row.update({k: metrics.get(k) for k in METRIC_COLUMNS})
@@ -53,7 +134,24 @@ def collect_runs(root: Path) -> pd.DataFrame:
         row["seconds"] = metrics.get("wall_seconds")
         row["error"] = metrics.get("error", "")
         rows.append(row)
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    if not runs.empty:  # integers stay integers next to a failed run's empty cells
+        runs = runs.astype({"best_epoch": "Int64", "epochs": "Int64"})
+    runs.attrs["skipped"] = skipped
+    return runs
+
+
+def no_runs_message(
+    root: Path, runs: pd.DataFrame, what: str = "runs (folders with metrics.json or .hydra/)"
+) -> str:
+    """Why a table of runs is empty: nothing there, or only damaged metrics.json files."""
+    skipped = runs.attrs.get("skipped", [])
+    if not skipped:
+        return f"No {what} under {root}"
+    return (
+        f"No {what} under {root} that can be read: {len(skipped)} skipped for a damaged "
+        "metrics.json (see the warnings above). Fix those files or train the runs again"
+    )
 
 
 def _natural_key(path: Path) -> list:
@@ -64,17 +162,24 @@ def split_settings(runs: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
     """(override keys that vary between runs, override values that all runs share)."""
     fixed = {"run", "status", "best_epoch", "epochs", "seconds", "error", *METRIC_COLUMNS}
     keys = [c for c in runs.columns if c not in fixed]
-    varying = [k for k in keys if runs[k].astype(str).nunique() > 1]
-    common = {k: str(runs[k].iloc[0]) for k in keys if k not in varying}
+    # a key set in some runs and absent (NaN) in others varies too
+    varying = [k for k in keys if runs[k].nunique(dropna=False) > 1]
+    common = {k: str(runs[k].iloc[0]) for k in keys if k not in varying and runs[k].notna().all()}
     return varying, common
 
 
-def summarize(root: Path, monitor: str = "val/loss", mode: str = "min") -> dict[str, Any]:
-    """Write summary.csv and summary.md for the runs under `root`; return the tables."""
+def summarize(root: Path, monitor: str = "val/loss", mode: str | None = None) -> dict[str, Any]:
+    """Write summary.csv and summary.md for the runs under `root`; return the tables.
+
+    Sorted by `monitor`, best first; `mode` None follows the metric (*/acc max, */loss min).
+    """
     root = Path(root)
+    if monitor not in METRIC_COLUMNS:
+        raise ValueError(f"cannot sort by {monitor!r}: choose one of {', '.join(METRIC_COLUMNS)}")
+    mode = metric_mode(monitor, mode)
     runs = collect_runs(root)
     if runs.empty:
-        raise FileNotFoundError(f"No runs (folders with metrics.json or .hydra/) under {root}")
+        raise FileNotFoundError(no_runs_message(root, runs))
     varying, common = split_settings(runs)
     done = runs["status"].isin(DONE)
     ranked = pd.concat(
@@ -119,7 +224,7 @@ def seed_table(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Mean ± std of each metric over the seeds of every other combination of settings."""
     values = ["train/acc", "val/acc", "test/acc", "val/loss", "epochs", "seconds"]
     numeric = runs.assign(**{c: pd.to_numeric(runs[c]) for c in values})
-    groups = numeric.groupby(by, sort=False) if by else [((), numeric)]
+    groups = numeric.groupby(by, sort=False, dropna=False) if by else [((), numeric)]
     rows = []
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
@@ -137,11 +242,13 @@ def seed_table(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
-    """A DataFrame as a Markdown table: floats to `digits` places, NaN as an empty cell."""
+    """A DataFrame as a Markdown table: floats to `digits` places, NaN and NA as empty cells."""
 
     def cell(v: Any) -> Any:
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            return ""
         if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.{digits}f}"
+            return f"{v:.{digits}f}"
         return str(v).replace("|", "\\|").replace("\n", " ")
 
     return table.map(cell).to_markdown(index=False, disable_numparse=True)
