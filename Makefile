@@ -1,4 +1,4 @@
-.PHONY: help install test test-fast lint format train sweep report bench tensorboard clean
+.PHONY: help install test test-fast lint format train sweep report bench gpu-check tensorboard clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ report:  ## run the lecture and tips presets offline and rewrite docs/RESULTS.md
 
 bench:  ## dltips' loop against the naive torchvision pipeline (docs/PERFORMANCE.md)
 	python scripts/bench.py --epochs 5
+
+gpu-check:  ## on a machine with a GPU: the CUDA tests and the GPU benchmark, one table (~3 min)
+	python scripts/gpu_check.py
 
 tensorboard:  ## open TensorBoard on all outputs
 	tensorboard --logdir outputs

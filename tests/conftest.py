@@ -16,8 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-# small and fast, but still real data and the real loop
-TINY = ["model.width=64", "trainer.max_epochs=3"]
+# small and fast, but still real data and the real loop; on the CPU even where a GPU is
+# (tests of the GPU path say trainer.device=cuda and are marked @cuda)
+TINY = ["model.width=64", "trainer.max_epochs=3", "trainer.device=cpu"]
+# scripts run in a subprocess see no GPU: CPU results, and no CUDA start-up per process
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,7 +50,7 @@ def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complete
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", **CPU_ONLY},
     )
 
 
@@ -59,7 +62,7 @@ def start_script(*args: str, cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", **CPU_ONLY},
     )
 
 

@@ -6,7 +6,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, make_cfg
+from conftest import make_cfg, start_script
 from dltips import checkpoint
 from dltips.checkpoint import load_checkpoint
 from dltips.errors import CheckpointError, OutputError
@@ -38,18 +37,8 @@ def without_time(metrics: dict) -> dict:
 
 
 def start_training(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "train.py"),
-            *overrides,
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=run_dir.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    return start_script("train.py", *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
 
 
 def wait_for_epoch(run_dir: Path, epoch: int, timeout: float = 60) -> None:
@@ -73,11 +62,11 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, signum):
     time.sleep(0.1)  # into the next epoch
     proc.send_signal(signum)
     sent = time.monotonic()
-    stdout, stderr = proc.communicate(timeout=30)
+    output, _ = proc.communicate(timeout=30)
     assert time.monotonic() - sent < 5
     assert proc.returncode == 128 + signum
     hint = f"to continue, run the same command plus {override_arg('trainer.resume', run_dir)}"
-    assert hint in stdout + stderr
+    assert hint in output
     assert hint in (run_dir / "train.log").read_text()
     assert not (run_dir / "metrics.json").exists()
 

@@ -1,6 +1,7 @@
 """Nothing mislabelled, nothing overwritten: resumes and sweeps through the real CLI."""
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -10,11 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY_CLI, file_digests, run_script, start_script, wait_for
+from conftest import CPU_ONLY, ROOT, TINY_CLI, file_digests, run_script, start_script, wait_for
 from dltips.checkpoint import load_checkpoint
 from dltips.resume import override_arg
 
 pytestmark = pytest.mark.slow
+ENV = {**os.environ, **CPU_ONLY}  # for commands pasted into a shell
 # many short steps: a signal lands while training, not during start-up
 SLOW_EPOCHS = [
     "model.width=32",
@@ -112,7 +114,7 @@ def test_interrupted_sweep_says_sweep_resume_and_that_command_finishes_it(tmp_pa
     # the printed hint, pasted into a shell after the same command
     line = shlex.join(["python", str(ROOT / "scripts" / "train.py"), *command]) + " " + hint
     done = subprocess.run(
-        ["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        ["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Resumed from" in (sweep_dir / "0" / "train.log").read_text()
@@ -248,7 +250,12 @@ def test_ctrl_c_hint_is_copy_paste_safe_from_a_dir_with_spaces_and_umlauts(tmp_p
         ["python", str(ROOT / "scripts" / "train.py"), *SLOW_EPOCHS, "trainer.max_epochs=3"]
     )
     done = subprocess.run(
-        ["bash", "-c", f"{line} {hint}"], cwd=cwd, capture_output=True, text=True, timeout=300
+        ["bash", "-c", f"{line} {hint}"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((run / "metrics.json").read_text())["epochs_trained"] == 3

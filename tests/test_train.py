@@ -7,7 +7,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import cuda, make_cfg
+from conftest import make_cfg
 from dltips.checkpoint import load_checkpoint
 from dltips.errors import CheckpointError, ConfigError
 from dltips.train import train
@@ -209,25 +209,6 @@ def test_bad_config_fails_before_writing_anything(tmp_path):
         "model.depth=0" in message and "optim.lr=-1" in message and "model.dropout=1.0" in message
     )
     assert not any(tmp_path.iterdir())
-
-
-@cuda
-def test_cuda_run_keeps_model_and_data_on_the_gpu(tmp_path):
-    metrics = train(make_cfg("trainer.device=cuda"), tmp_path)
-    assert metrics["device"].startswith("cuda")
-    assert metrics["test/acc"] > 0.85
-
-
-@cuda
-def test_cuda_resume_reproduces_the_uninterrupted_run(tmp_path):
-    common = ["trainer.device=cuda", "trainer.early_stopping.patience=null"]
-    full = train(make_cfg(*common, "trainer.max_epochs=4"), tmp_path / "full")
-    train(make_cfg(*common, "trainer.max_epochs=2"), tmp_path / "part")
-    resumed = train(
-        make_cfg(*common, "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'part'}"),
-        tmp_path / "new",
-    )
-    assert resumed["test/acc"] == pytest.approx(full["test/acc"], abs=0.01)
 
 
 def test_auto_device_picks_what_the_machine_has(tmp_path):

@@ -8,14 +8,16 @@ CPU-GPU sync point of an epoch. `epoch_batches` draws the shuffled batch indices
 device, so a batch is one gather there, with no index tensor sent from the CPU.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from inspect import signature
 
 import torch
 from torch import nn
 
 from dltips.losses import l1_penalty
 from dltips.models import linear_layers
+from dltips.signals import StopRequest
 
 
 def epoch_batches(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -74,7 +76,10 @@ class TrainStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, index: int) -> None:
         """Train on one batch: the `index`-th step of the epoch (0-based)."""
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+        # autocast's cast cache must be off while a CUDA graph is captured
+        with torch.autocast(
+            self.device_type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False
+        ):
             logits = self.model(x)
             loss = self.criterion(logits, y)
         objective = loss + self.l1 * l1_penalty(self.model) if self.l1 else loss
@@ -113,3 +118,108 @@ class TrainStep:
             first_bad_step=None if bad is None else bad + 1,
             bad_loss=None if bad is None else float(self.losses[bad]),
         )
+
+
+def run_epoch(
+    step: TrainStep,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: Iterable[torch.Tensor],
+    stop: StopRequest | None = None,
+) -> list[int]:
+    """Call `step` on each batch of x, y (index tensors); the sizes of the batches trained.
+
+    Stops after the current step when `stop` is set (the caller drops the partial epoch).
+    """
+    sizes = []
+    for index, batch in enumerate(batches):
+        step(x[batch], y[batch], index)
+        sizes.append(len(batch))
+        if stop is not None and stop.signum:
+            break
+    return sizes
+
+
+def supports_capture(optimizer_class: type) -> bool:
+    """Whether a torch optimizer can step inside a CUDA graph: it takes `capturable`
+    (its step counter then lives on the GPU), or it keeps no step counter (SGD)."""
+    return (
+        optimizer_class is torch.optim.SGD or "capturable" in signature(optimizer_class).parameters
+    )
+
+
+class Rewind:
+    """Model, optimizer and RNG state saved now and put back later, in place.
+
+    CUDA graph capture needs a few eager warm-up steps first (optimizer state is created
+    at the first step); rewinding makes them leave no trace, so a graphed run trains the
+    same as an eager one. Tensors keep their addresses: optimizer state that the warm-up
+    created is zeroed, which is the state each torch optimizer starts from.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.state = {
+            id(t): t.detach().clone() for t in _state_tensors(optimizer)
+        }  # by identity: tensors that exist now get their values back
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def __call__(self) -> None:
+        with torch.no_grad():
+            for key, value in self.model.state_dict().items():
+                value.copy_(self.params[key])
+            for t in _state_tensors(self.optimizer):
+                saved = self.state.get(id(t))
+                if saved is not None:
+                    t.copy_(saved)
+                else:  # created by the warm-up: zeros are where torch's optimizers start
+                    t.zero_()
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+
+
+class GraphedEpoch:
+    """A whole epoch of `run_epoch` captured as one CUDA graph, replayed every epoch.
+
+    Each replay trains on a fresh permutation written into a static buffer first; the
+    batches are slices of it, gathered inside the graph. Dropout draws fresh masks on every
+    replay (PyTorch's graph-safe RNG). A small MLP on a GPU is bound by kernel launches:
+    one replay launches the epoch's thousands of kernels at once.
+    """
+
+    def __init__(
+        self,
+        step: TrainStep,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+        warmup_steps: int = 3,
+    ) -> None:
+        self.step, self.x, self.y, self.generator = step, x, y, generator
+        self.perm = torch.arange(len(y), device=y.device)
+        self.batches = list(self.perm.split(batch_size))
+        rewind = Rewind(step.model, step.optimizer)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph wants
+            run_epoch(step, x, y, self.batches[:warmup_steps])
+        torch.cuda.current_stream().wait_stream(side)
+        rewind()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            step.reset()
+            self.sizes = run_epoch(step, x, y, self.batches)
+
+    def __call__(self) -> list[int]:
+        """Train one epoch on a new shuffle; the batch sizes, as run_epoch returns them."""
+        self.perm.copy_(torch.randperm(len(self.y), generator=self.generator, device=self.y.device))
+        self.graph.replay()
+        return self.sizes

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
@@ -29,7 +29,14 @@ from dltips.models import layer_names
 from dltips.resume import check_same_run, override_arg, restore, rng_state
 from dltips.runs import finished_metrics
 from dltips.signals import catch_stop_signals
-from dltips.step import TrainStep, batch_sizes, epoch_batches
+from dltips.step import (
+    GraphedEpoch,
+    TrainStep,
+    batch_sizes,
+    epoch_batches,
+    run_epoch,
+    supports_capture,
+)
 from dltips.tensorboard_log import key_hparams, log_epoch, log_hparams, open_writer
 
 log = logging.getLogger(__name__)
@@ -80,6 +87,14 @@ def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dic
     # underflow there can make an epoch 2-3x slower. As zeros they change nothing visible.
     torch.set_flush_denormal(bool(cfg.trainer.flush_denormal))
     bf16 = str(cfg.trainer.precision) == "bf16"
+    if device.type == "cuda":  # TF32: float32 matmuls on tensor cores, 10 mantissa bits
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.trainer.tf32
+    graphed = device.type == "cuda" and cfg.trainer.cuda_graphs in ("auto", True)
+    optimizer_class = get_class(cfg.optim._target_)
+    if graphed and not supports_capture(optimizer_class):
+        log.info("%s cannot step inside a CUDA graph: training eagerly", optimizer_class.__name__)
+        graphed = False
+    capturable = {"capturable": True} if graphed and optimizer_class is not torch.optim.SGD else {}
 
     # data: decoded once (cached), split, and moved to the device in one go
     torch.manual_seed(cfg.seed)
@@ -90,7 +105,8 @@ def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dic
     try:
         model = instantiate(cfg.model, in_features=data.in_features, num_classes=data.num_classes)
         model = model.to(device)
-        optimizer = instantiate(cfg.optim)(params=model.parameters())  # optim is a _partial_
+        # optim is a _partial_; in a CUDA graph, optimizers keep their step count on the GPU
+        optimizer = instantiate(cfg.optim)(params=model.parameters(), **capturable)
         criterion = instantiate(cfg.loss.criterion)
     except Exception as err:  # e.g. an argument the class does not take: +optim.foo=1
         cause = err.__cause__ or err
@@ -172,20 +188,28 @@ def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dic
         grad_clip=cfg.trainer.grad_clip,
         bf16=bf16,
     )
+    epoch_graph = None
+    if graphed:  # after any resume: the graph captures the state training continues from
+        captured = time.perf_counter()
+        epoch_graph = GraphedEpoch(step, data.x_train, data.y_train, batch_size, shuffle)
+        log.info(
+            "Captured an epoch (%d steps) as one CUDA graph in %.1fs",
+            len(epoch_graph.sizes),
+            time.perf_counter() - captured,
+        )
     with logging_redirect_tqdm(), catch_stop_signals() as stop, writer:
         for epoch in progress:
             if stopper.should_stop:  # a resumed run that had already stopped
                 break
             epoch_started = time.perf_counter()
             model.train()
-            step.reset()
-            sizes = []
-            for index, batch in enumerate(epoch_batches(n_train, batch_size, shuffle)):
-                step(data.x_train[batch], data.y_train[batch], index)
-                sizes.append(len(batch))
-                if stop.signum:  # the partial epoch is dropped: last.pt has the one before
-                    break
-            if stop.signum:
+            if epoch_graph is not None:  # the whole epoch in one replay
+                sizes = epoch_graph()
+            else:
+                step.reset()
+                batches = epoch_batches(n_train, batch_size, shuffle)
+                sizes = run_epoch(step, data.x_train, data.y_train, batches, stop)
+            if stop.signum:  # the partial epoch is dropped: last.pt has the one before
                 message = (
                     f"Stopped by {stop.name} during epoch {epoch}, step {len(sizes)}. "
                     f"checkpoints/last.pt holds epoch {epoch - 1}; to continue, run the same "

@@ -1,0 +1,112 @@
+"""The CUDA path: eager and graphed training agree, and every tip still holds under a graph.
+
+Skipped without a GPU; `make gpu-check` runs these and the GPU benchmark in one go.
+"""
+
+import json
+
+import pytest
+import torch
+
+from conftest import cuda, make_cfg
+from dltips.step import GraphedEpoch, TrainStep
+from dltips.train import train
+
+pytestmark = cuda
+CUDA = ["trainer.device=cuda", "trainer.early_stopping.patience=null"]
+TIMINGS = ("wall_seconds", "seconds_per_epoch", "epoch_seconds")
+
+
+def without_time(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMINGS}
+
+
+def test_cuda_run_keeps_model_and_data_on_the_gpu(tmp_path):
+    metrics = train(make_cfg("trainer.device=cuda"), tmp_path)
+    assert metrics["device"].startswith("cuda")
+    assert metrics["test/acc"] > 0.85
+
+
+def test_graphed_epochs_match_eager_ones(tmp_path):
+    common = [*CUDA, "trainer.tf32=false", "trainer.max_epochs=3"]
+    eager = train(make_cfg(*common, "trainer.cuda_graphs=false"), tmp_path / "eager")
+    graphed = train(make_cfg(*common, "trainer.cuda_graphs=true"), tmp_path / "graphed")
+    for e, g in zip(eager["history"], graphed["history"], strict=True):
+        assert g["val/loss"] == pytest.approx(e["val/loss"], abs=1e-3)
+    assert graphed["test/acc"] == pytest.approx(eager["test/acc"], abs=0.01)
+
+
+@pytest.mark.parametrize("optim", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"])
+def test_every_capturable_optimizer_trains_under_a_graph(tmp_path, optim, caplog):
+    metrics = train(make_cfg(*CUDA, f"optim={optim}", "trainer.cuda_graphs=true"), tmp_path)
+    assert "as one CUDA graph" in caplog.text
+    assert metrics["status"] == "completed" and metrics["test/acc"] > 0.5
+
+
+def test_adagrad_falls_back_to_eager_with_one_line(tmp_path, caplog):
+    metrics = train(make_cfg(*CUDA, "optim=adagrad", "trainer.cuda_graphs=true"), tmp_path)
+    assert caplog.text.count("cannot step inside a CUDA graph") == 1
+    assert metrics["status"] == "completed"
+
+
+def test_dropout_masks_are_fresh_on_every_replay():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(64, 10)
+    ).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights never change
+    step = TrainStep(model, optimizer, torch.nn.CrossEntropyLoss(), steps_per_epoch=4)
+    x, y = torch.rand(400, 784, device="cuda"), torch.randint(0, 10, (400,), device="cuda")
+    generator = torch.Generator(device="cuda")
+    epoch = GraphedEpoch(step, x, y, batch_size=100, generator=generator)
+    losses = []
+    for _ in range(2):
+        generator.manual_seed(0)  # the same batches in both replays
+        epoch()
+        losses.append(step.losses.clone())
+    assert not torch.equal(losses[0], losses[1])  # only the masks differ
+
+
+def test_graphed_run_with_dropout_resumes_exactly(tmp_path):
+    common = [*CUDA, "model.dropout=0.3", "trainer.cuda_graphs=true"]
+    full = train(make_cfg(*common, "trainer.max_epochs=4"), tmp_path / "full")
+    train(make_cfg(*common, "trainer.max_epochs=2"), tmp_path / "part")
+    resumed = train(
+        make_cfg(*common, "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'part'}"),
+        tmp_path / "new",
+    )
+    assert without_time(resumed) == without_time(full)
+
+
+def test_eager_cuda_run_with_dropout_resumes_exactly(tmp_path):
+    common = [*CUDA, "model.dropout=0.3", "trainer.cuda_graphs=false"]
+    full = train(make_cfg(*common, "trainer.max_epochs=4"), tmp_path / "full")
+    train(make_cfg(*common, "trainer.max_epochs=2"), tmp_path / "part")
+    resumed = train(
+        make_cfg(*common, "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'part'}"),
+        tmp_path / "new",
+    )
+    assert without_time(resumed) == without_time(full)
+
+
+def test_divergence_under_a_graph_names_epoch_and_step(tmp_path, caplog):
+    cfg = make_cfg(
+        *CUDA, "optim=sgd", "optim.lr=1e6", "data.normalize=none", "trainer.cuda_graphs=true"
+    )
+    metrics = train(cfg, tmp_path)
+    assert metrics["status"] == "diverged" and metrics["epochs_trained"] == 0
+    assert "at epoch 1, step " in caplog.text
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+
+
+def test_bf16_l1_grad_clip_and_a_ragged_last_batch_under_a_graph(tmp_path):
+    cfg = make_cfg(
+        *CUDA,
+        "trainer.cuda_graphs=true",
+        "trainer.precision=bf16",
+        "loss.l1=1e-5",
+        "trainer.grad_clip=1.0",
+        "data.batch_size=128",  # 3,500 images: a last batch of 44
+    )
+    metrics = train(cfg, tmp_path)
+    assert metrics["status"] == "completed" and metrics["test/acc"] > 0.8
