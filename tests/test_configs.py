@@ -90,5 +90,11 @@ def test_experiment_presets_compose_and_validate(name):
     instantiate(cfg.model, in_features=784, num_classes=10)
 
 
+@pytest.mark.parametrize("name", options("hparams_search"))
+def test_search_presets_compose_and_validate(name):
+    cfg = make_cfg(f"hparams_search={name}")
+    validate(cfg)  # e.g. its early_stopping.mode agrees with the metric it maximizes
+
+
 def test_data_root_follows_the_environment(data_root):
     assert make_cfg().data.root == str(data_root)

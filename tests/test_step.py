@@ -116,3 +116,12 @@ def test_which_optimizers_can_step_inside_a_cuda_graph():
     assert supports_capture(torch.optim.Adam) and supports_capture(torch.optim.AdamW)
     assert supports_capture(torch.optim.RMSprop) and supports_capture(torch.optim.SGD)
     assert not supports_capture(torch.optim.Adagrad)  # its step count stays on the CPU
+
+
+def test_cuda_graphs_on_the_cpu_is_a_config_error():
+    from dltips.config import validate
+    from dltips.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.cuda_graphs=true needs a CUDA device"):
+        validate(make_cfg("trainer.cuda_graphs=true"))
+    validate(make_cfg("trainer.cuda_graphs=auto"))  # auto: off on the CPU, no error

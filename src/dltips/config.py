@@ -1,13 +1,16 @@
 """Checks of a composed config, so that a bad value fails before any training starts."""
 
+import difflib
 import importlib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from dltips.early_stopping import metric_mode
 from dltips.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -25,7 +28,53 @@ def _is_int(x: object) -> bool:
 
 
 def _is_number(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+    """A finite int or float: NaN and infinities are never a sensible setting."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_list(x: object) -> bool:
+    return isinstance(x, Sequence | ListConfig) and not isinstance(x, str)
+
+
+def known_keys(group: str | None = None) -> list[str]:
+    """The keys conf/ defines at the top level (group None) or in a group's options.
+
+    Top level: train.yaml's own keys and the groups its defaults list picks an option of,
+    i.e. the top-level keys of the composed config.
+    """
+    if group is None:
+        train = OmegaConf.load(CONF_DIR / "train.yaml")
+        groups = [k for d in train.defaults if isinstance(d, DictConfig) for k, v in d.items() if v]
+        return [k for k in train if k not in ("defaults", "hydra")] + groups
+    node, _, sub = group.partition(".")
+    keys: dict[str, None] = {}
+    for path in sorted((CONF_DIR / node).glob("*.yaml")):
+        option = OmegaConf.load(path)
+        option = OmegaConf.select(option, sub) if sub else option
+        keys.update(dict.fromkeys(option or {}))
+    return list(keys)
+
+
+def _unknown_keys(node: object, known: list[str], prefix: str = "") -> list[str]:
+    """One problem per key of `node` not in `known`, with the closest known key."""
+    if not isinstance(node, Mapping):
+        return []
+    problems = []
+    for key in node:
+        if key in known:
+            continue
+        value = node.get(key)
+        shown = "" if isinstance(value, Mapping) else f"={value}"
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        if close:
+            hint = (
+                f"did you mean {prefix}{close[0]}? Choose a group's option, or set a key that "
+                f"exists, without `+`: {prefix}{close[0]}{shown}."
+            )
+        else:
+            hint = f"the keys{' of ' + prefix[:-1] if prefix else ''} are {', '.join(known)}."
+        problems.append(f"{prefix}{key}{shown} is not a setting: {hint}")
+    return problems
 
 
 def _target_problem(node: object, key: str, group: str, kind: type | None = None) -> str | None:
@@ -57,9 +106,20 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             problems.append(message)
 
+    # a key added with `+` that no code reads: most likely a misspelling, silently ignored
+    problems += _unknown_keys(cfg, known_keys())
+    for group in ("loss", "data", "trainer", "trainer.early_stopping"):
+        problems += _unknown_keys(OmegaConf.select(cfg, group), known_keys(group), f"{group}.")
+
+    seed = cfg.get("seed")
+    check(
+        _is_int(seed) and -(2**63) <= seed < 2**64,
+        f"seed={seed!r}: must be an integer (seed=0, 1, 2, ...).",
+    )
+
     m = cfg.model
     check(_is_int(m.depth) and m.depth >= 1, f"model.depth={m.depth!r}: must be an integer >= 1.")
-    if isinstance(m.width, Sequence | ListConfig) and not isinstance(m.width, str):
+    if _is_list(m.width):
         check(
             all(_is_int(w) and w >= 1 for w in m.width),
             f"model.width={list(m.width)}: every width must be an integer >= 1.",
@@ -98,6 +158,48 @@ def validate(cfg: DictConfig) -> None:
         _is_number(o.get("weight_decay", 0)) and o.get("weight_decay", 0) >= 0,
         f"optim.weight_decay={o.get('weight_decay')!r}: must be a number >= 0.",
     )
+    # the optimizer-specific arguments of the presets (and a few a user may add with +optim)
+    if "betas" in o:
+        betas = o.betas
+        check(
+            _is_list(betas)
+            and len(betas) == 2
+            and all(_is_number(b) and 0 <= b < 1 for b in betas),
+            f"optim.betas={betas!r}: must be two numbers in [0, 1), e.g. optim.betas=[0.9,0.999].",
+        )
+    for key in ("momentum", "alpha"):  # 1 or more: a moving average that never forgets
+        if key in o:
+            check(
+                _is_number(o[key]) and 0 <= o[key] < 1,
+                f"optim.{key}={o[key]!r}: must be a number in [0, 1).",
+            )
+    for key in ("lr_decay", "initial_accumulator_value", "dampening"):
+        if key in o:
+            check(
+                _is_number(o[key]) and o[key] >= 0,
+                f"optim.{key}={o[key]!r}: must be a number >= 0.",
+            )
+    if "eps" in o:
+        check(
+            _is_number(o.eps) and o.eps > 0,
+            f"optim.eps={o.eps!r}: must be a small number > 0, e.g. 1e-8.",
+        )
+    for key in ("nesterov", "amsgrad", "centered", "maximize"):
+        if key in o:
+            check(isinstance(o[key], bool), f"optim.{key}={o[key]!r}: must be true or false.")
+    for key in ("fused", "foreach", "capturable", "differentiable"):
+        if key in o:
+            check(
+                o[key] is None or isinstance(o[key], bool),
+                f"optim.{key}={o[key]!r}: must be true, false or null.",
+            )
+    if o.get("nesterov") is True:
+        momentum = o.get("momentum", 0)
+        check(
+            not _is_number(momentum) or momentum > 0,
+            f"optim.nesterov=true needs optim.momentum > 0 (it is {momentum}): "
+            f"use optim=nesterov, or set optim.momentum.",
+        )
 
     problems.append(_target_problem(cfg.loss.criterion, "loss.criterion", "loss", torch.nn.Module))
     check(
@@ -134,9 +236,15 @@ def validate(cfg: DictConfig) -> None:
         f"trainer.max_epochs={t.max_epochs!r}: must be an integer >= 1.",
     )
     try:
-        resolve_device(t.device)
+        device = resolve_device(t.device)
     except ConfigError as err:
         problems.append(str(err))
+        device = None
+    if t.cuda_graphs is True and device is not None and device.type != "cuda":
+        problems.append(
+            f"trainer.cuda_graphs=true needs a CUDA device, and trainer.device={t.device} runs "
+            f"on the CPU here. Use trainer.cuda_graphs=auto (graphs wherever CUDA is) or false."
+        )
     check(
         str(t.precision) in ("32", "bf16"),
         f"trainer.precision={t.precision!r}: must be 32 or bf16.",
@@ -145,14 +253,43 @@ def validate(cfg: DictConfig) -> None:
         t.grad_clip is None or (_is_number(t.grad_clip) and t.grad_clip > 0),
         f"trainer.grad_clip={t.grad_clip!r}: must be null (off) or a number > 0.",
     )
+    check(
+        t.cuda_graphs == "auto" or isinstance(t.cuda_graphs, bool),
+        f"trainer.cuda_graphs={t.cuda_graphs!r}: must be auto, true or false.",
+    )
+    check(
+        isinstance(t.tf32, bool),
+        f"trainer.tf32={t.tf32!r}: must be true or false.",
+    )
+    check(
+        t.num_threads is None or (_is_int(t.num_threads) and t.num_threads >= 1),
+        f"trainer.num_threads={t.num_threads!r}: must be null (torch's default) or an "
+        f"integer >= 1.",
+    )
+    check(
+        isinstance(t.flush_denormal, bool),
+        f"trainer.flush_denormal={t.flush_denormal!r}: must be true or false.",
+    )
     es = t.early_stopping
     check(
         es.monitor in METRICS,
         f"trainer.early_stopping.monitor={es.monitor!r}: must be one of {', '.join(METRICS)}.",
     )
-    check(
-        es.mode in ("min", "max"), f"trainer.early_stopping.mode={es.mode!r}: must be min or max."
-    )
+    if es.mode not in (None, "min", "max"):
+        problems.append(
+            f"trainer.early_stopping.mode={es.mode!r}: must be null (follows the metric), "
+            f"min or max."
+        )
+    elif es.monitor in METRICS:
+        try:
+            metric_mode(es.monitor, es.mode)
+        except ValueError:
+            implied = metric_mode(es.monitor)
+            problems.append(
+                f"trainer.early_stopping.mode={es.mode} contradicts "
+                f"trainer.early_stopping.monitor={es.monitor}: it would keep the worst epoch. "
+                f"Drop mode (it follows the metric) or use mode={implied}."
+            )
     check(
         es.patience is None or (_is_int(es.patience) and es.patience >= 1),
         f"trainer.early_stopping.patience={es.patience!r}: must be null (off) or an integer >= 1.",
@@ -160,6 +297,10 @@ def validate(cfg: DictConfig) -> None:
     check(
         _is_number(es.min_delta) and es.min_delta >= 0,
         f"trainer.early_stopping.min_delta={es.min_delta!r}: must be a number >= 0.",
+    )
+    check(
+        isinstance(es.restore_best, bool),
+        f"trainer.early_stopping.restore_best={es.restore_best!r}: must be true or false.",
     )
 
     problems = [p for p in problems if p]

@@ -16,10 +16,8 @@ def metric_mode(monitor: str, mode: str | None = None) -> str:
             raise ValueError(f"cannot tell whether {monitor!r} improves up or down: give mode")
         return implied
     if implied is not None and mode != implied:
-        raise ValueError(
-            f"mode={mode!r} contradicts {monitor!r}: "
-            f"{'an accuracy improves upward (max)' if implied == 'max' else 'a loss improves downward (min)'}"
-        )
+        why = "an accuracy improves upward" if implied == "max" else "a loss improves downward"
+        raise ValueError(f"mode={mode!r} contradicts {monitor!r}: {why} ({implied})")
     return mode
 
 

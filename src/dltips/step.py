@@ -206,6 +206,7 @@ class GraphedEpoch:
         self.step, self.x, self.y, self.generator = step, x, y, generator
         self.perm = torch.arange(len(y), device=y.device)
         self.batches = list(self.perm.split(batch_size))
+        step.model.train()  # the graph replays the mode it was captured in: dropout on
         rewind = Rewind(step.model, step.optimizer)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

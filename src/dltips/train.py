@@ -25,6 +25,7 @@ from dltips.config import resolve_device, validate
 from dltips.data import load_dataset
 from dltips.early_stopping import EarlyStopping
 from dltips.errors import ConfigError, Interrupted, OutputError
+from dltips.losses import check_criterion
 from dltips.models import layer_names
 from dltips.resume import check_same_run, override_arg, restore, rng_state
 from dltips.runs import finished_metrics
@@ -111,6 +112,9 @@ def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dic
     except Exception as err:  # e.g. an argument the class does not take: +optim.foo=1
         cause = err.__cause__ or err
         raise ConfigError(f"Cannot build the model, optimizer or loss: {cause}") from err
+    with torch.no_grad():  # a loss for other targets fails here, not at the first step
+        check_criterion(criterion, model.eval()(data.x_train[:2]), data.y_train[:2])
+    model.train()  # eval above draws no dropout mask; a CUDA graph captures this mode
     stopper = EarlyStopping(**cfg.trainer.early_stopping)
     names = layer_names(model)
     num_params = sum(p.numel() for p in model.parameters())

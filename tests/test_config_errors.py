@@ -1,0 +1,225 @@
+"""Bad input a user can type: a clear message, a non-zero exit, no traceback."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import make_cfg, run_script
+from dltips.config import known_keys, validate
+from dltips.data import load_dataset
+from dltips.errors import ConfigError
+from dltips.losses import check_criterion
+from dltips.train import train
+
+TINY_CLI = ["model.width=32", "trainer.max_epochs=1", "data.train_size=200", "data.val_size=50"]
+
+
+def test_early_stopping_on_val_acc_keeps_the_best_epoch(tmp_path):
+    # mode is left null: it follows the metric, max for an accuracy
+    cfg = make_cfg(
+        "trainer.early_stopping.monitor=val/acc",
+        "trainer.early_stopping.patience=2",
+        "trainer.max_epochs=6",
+        "optim.lr=0.01",  # noisy enough that val/acc goes up and down
+    )
+    metrics = train(cfg, tmp_path)
+    accs = [h["val/acc"] for h in metrics["history"]]
+    assert min(accs) < max(accs)  # else any epoch would be "the best"
+    best = metrics["history"][metrics["best_epoch"] - 1]
+    assert best["val/acc"] == max(accs)
+    assert metrics["val/acc"] == best["val/acc"]  # the reported weights are the best epoch's
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["trainer.early_stopping.monitor=val/acc", "trainer.early_stopping.mode=min"],
+            "use mode=max",
+        ),
+        (["trainer.early_stopping.mode=max"], "use mode=min"),  # the default monitor is val/loss
+    ],
+)
+def test_a_mode_that_contradicts_the_metric_is_a_config_error(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*overrides))
+    monitor = make_cfg(*overrides).trainer.early_stopping.monitor
+    assert f"contradicts trainer.early_stopping.monitor={monitor}" in str(err.value)
+    assert "Drop mode" in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["seed=abc"], "seed='abc': must be an integer"),
+        (["seed=1.5"], "seed=1.5: must be an integer"),
+        (["trainer.num_threads=-1"], "trainer.num_threads=-1: must be null"),
+        (["trainer.num_threads=0"], "trainer.num_threads=0: must be null"),
+        (["trainer.num_threads=many"], "trainer.num_threads='many': must be null"),
+        (["trainer.flush_denormal=maybe"], "trainer.flush_denormal='maybe': must be true or false"),
+        (["trainer.cuda_graphs=on"], "trainer.cuda_graphs='on': must be auto, true or false"),
+        (["trainer.tf32=maybe"], "trainer.tf32='maybe': must be true or false"),
+        (["trainer.early_stopping.mode=up"], "trainer.early_stopping.mode='up': must be null"),
+        (["trainer.early_stopping.restore_best=1"], "restore_best=1: must be true or false"),
+        (["optim.betas=[0.9]"], "optim.betas=[0.9]: must be two numbers in [0, 1)"),
+        (["optim.betas=[0.9,1.5]"], "optim.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
+        (["optim.betas=0.9"], "optim.betas=0.9: must be two numbers"),
+        (["optim=momentum", "optim.momentum=high"], "optim.momentum='high': must be a number"),
+        (["optim=momentum", "optim.momentum=1"], "optim.momentum=1: must be a number in [0, 1)"),
+        (["optim=rmsprop", "optim.alpha=x"], "optim.alpha='x': must be a number in [0, 1)"),
+        (["optim=rmsprop", "optim.alpha=1.5"], "optim.alpha=1.5: must be a number in [0, 1)"),
+        (["+optim.eps=tiny"], "optim.eps='tiny': must be a small number > 0"),
+        (["optim=nesterov", "optim.nesterov=maybe"], "optim.nesterov='maybe': must be true"),
+        (["optim=nesterov", "optim.momentum=0"], "optim.nesterov=true needs optim.momentum > 0"),
+        (["optim=sgd", "optim.fused=yes"], "optim.fused='yes': must be true, false or null"),
+        (["optim.lr=inf"], "optim.lr=inf: the learning rate must be a number > 0"),
+        (["optim.lr=nan"], "optim.lr=nan: the learning rate must be a number > 0"),
+        (["+modle=sigmoid"], "modle=sigmoid is not a setting: did you mean model?"),
+        (["+modle=sigmoid"], "without `+`: model=sigmoid"),
+        (["+seeds=3"], "seeds=3 is not a setting: did you mean seed?"),
+        (["+trainer.max_epoch=5"], "did you mean trainer.max_epochs? "),
+        (["+trainer.early_stopping.patiance=3"], "did you mean trainer.early_stopping.patience?"),
+        (
+            ["+data.trainsize=10"],
+            "data.trainsize=10 is not a setting: did you mean data.train_size",
+        ),
+        (["+xyz=1"], "xyz=1 is not a setting: the keys are seed, sweep, model, optim, loss"),
+    ],
+)
+def test_bad_value_is_named_with_what_it_must_be(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*overrides))
+    assert message in str(err.value)
+
+
+def test_every_problem_is_reported_at_once():
+    cfg = make_cfg("seed=abc", "trainer.num_threads=many", "optim.betas=[0.9]", "+modle=relu")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).count("\n  - ") == 4
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.early_stopping.monitor=val/acc"],
+        ["trainer.early_stopping.monitor=val/acc", "trainer.early_stopping.mode=max"],
+        ["trainer.early_stopping.monitor=train/loss", "trainer.early_stopping.mode=min"],
+        ["seed=-1", "trainer.num_threads=2", "trainer.flush_denormal=false"],
+        ["optim=sgd", "+optim.nesterov=true", "+optim.momentum=0.5"],
+        ["optim=adam", "optim.betas=[0.0,0.99]", "+optim.eps=1e-6", "+optim.amsgrad=true"],
+    ],
+)
+def test_good_values_pass(overrides):
+    validate(make_cfg(*overrides))
+
+
+def test_known_keys_are_the_composed_configs_keys():
+    cfg = make_cfg()
+    assert known_keys() == list(cfg)
+    assert known_keys("trainer") == list(cfg.trainer)
+    assert known_keys("trainer.early_stopping") == list(cfg.trainer.early_stopping)
+    assert set(known_keys("data")) >= set(make_cfg("data=mnist").data)
+
+
+@pytest.fixture(scope="module")
+def logits_and_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    """A real model's logits for two training images, and their labels."""
+    cfg = make_cfg()
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    model = instantiate(cfg.model, in_features=data.in_features, num_classes=data.num_classes)
+    with torch.no_grad():
+        return model.eval()(data.x_train[:2]), data.y_train[:2]
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_check_criterion_accepts_the_loss_presets(loss, logits_and_labels):
+    check_criterion(instantiate(make_cfg(f"loss={loss}").loss.criterion), *logits_and_labels)
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        ("torch.nn.L1Loss", "RuntimeError: The size of tensor a (10) must match"),
+        ("torch.nn.BCEWithLogitsLoss", "ValueError: Target size"),
+        ("torch.nn.KLDivLoss", "RuntimeError: kl_div"),
+    ],
+)
+def test_check_criterion_rejects_a_loss_for_other_targets(target, error, logits_and_labels):
+    criterion = instantiate(make_cfg(f"loss.criterion._target_={target}").loss.criterion)
+    with pytest.raises(ConfigError) as err:
+        check_criterion(criterion, *logits_and_labels)
+    message = str(err.value)
+    assert message.startswith(
+        f"loss.criterion._target_={target} cannot compare the model's (N, 10) logits with "
+        f"class-index labels ({error}"
+    )
+    assert "loss=<cross_entropy | mse>" in message
+    assert "\n" not in message  # the underlying error in one line
+
+
+def test_check_criterion_rejects_a_loss_per_example(logits_and_labels):
+    with pytest.raises(ConfigError, match=r"returns shape \(2,\), not a single number"):
+        check_criterion(torch.nn.CrossEntropyLoss(reduction="none"), *logits_and_labels)
+
+
+def test_a_loss_for_other_targets_fails_before_any_output(tmp_path):
+    cfg = make_cfg("loss.criterion._target_=torch.nn.L1Loss", *TINY_CLI)
+    with pytest.raises(ConfigError, match="loss.criterion._target_=torch.nn.L1Loss cannot compare"):
+        train(cfg, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "messages"),
+    [
+        (
+            ["trainer.early_stopping.monitor=val/acc", "trainer.early_stopping.mode=min"],
+            [
+                "trainer.early_stopping.mode=min contradicts "
+                "trainer.early_stopping.monitor=val/acc",
+                "Drop mode (it follows the metric) or use mode=max.",
+            ],
+        ),
+        (
+            [
+                "seed=abc",
+                "trainer.num_threads=many",
+                "trainer.flush_denormal=maybe",
+                "optim.betas=[0.9]",
+            ],
+            [
+                "seed='abc': must be an integer",
+                "trainer.num_threads='many': must be null (torch's default) or an integer >= 1",
+                "trainer.flush_denormal='maybe': must be true or false",
+                "optim.betas=[0.9]: must be two numbers in [0, 1)",
+            ],
+        ),
+        (
+            ["trainer.num_threads=-1"],
+            ["trainer.num_threads=-1: must be null (torch's default) or an integer >= 1"],
+        ),
+        (
+            ["+modle=sigmoid"],
+            ["modle=sigmoid is not a setting: did you mean model?", "`+`: model=sigmoid"],
+        ),
+        (
+            ["loss.criterion._target_=torch.nn.L1Loss"],
+            [
+                "loss.criterion._target_=torch.nn.L1Loss cannot compare the model's "
+                "(N, 10) logits with class-index labels (RuntimeError: ",
+                "Use a preset, loss=<cross_entropy | mse>",
+            ],
+        ),
+    ],
+)
+def test_cli_bad_input_exits_with_the_message(tmp_path, overrides, messages):
+    result = run_script("train.py", *TINY_CLI, *overrides, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "error: " in result.stderr  # scripts/train.py's way of reporting a UserError
+    for message in messages:
+        assert message in result.stderr
+    assert "Traceback" not in output
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("metrics.json"))
