@@ -55,7 +55,7 @@ def test_dropout_masks_are_fresh_on_every_replay():
         torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(64, 10)
     ).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights never change
-    step = TrainStep(model, optimizer, torch.nn.CrossEntropyLoss(), steps_per_epoch=4)
+    step = TrainStep([model], optimizer, [torch.nn.CrossEntropyLoss()], steps_per_epoch=4)
     x, y = torch.rand(400, 784, device="cuda"), torch.randint(0, 10, (400,), device="cuda")
     generator = torch.Generator(device="cuda")
     epoch = GraphedEpoch(step, x, y, batch_size=100, generator=generator)

@@ -38,11 +38,11 @@ def test_batches_cover_the_data_once_with_a_ragged_last_batch():
 def test_sums_equal_what_the_steps_computed_one_by_one():
     cfg, data, model, optimizer, criterion = build("optim=sgd")
     sizes = batch_sizes(len(data.y_train), 64)
-    step = TrainStep(model, optimizer, criterion, steps_per_epoch=len(sizes))
+    step = TrainStep([model], optimizer, [criterion], steps_per_epoch=len(sizes))
     reference = copy.deepcopy(model)
     batches = list(epoch_batches(len(data.y_train), 64, torch.Generator().manual_seed(0)))
     ran = run_epoch(step, data.x_train, data.y_train, batches)
-    sums = step.read(ran)
+    (sums,) = step.read(ran)
     # the same updates by hand: plain SGD, lr from the config
     losses, correct = [], 0
     ref_opt = torch.optim.SGD(reference.parameters(), lr=cfg.optim.lr)
@@ -65,11 +65,11 @@ def test_a_non_finite_loss_is_found_with_its_step():
         "optim=sgd", "optim.lr=1e6", "data.normalize=none", "data.train_size=null"
     )
     sizes = batch_sizes(len(data.y_train), 100)
-    step = TrainStep(model, optimizer, criterion, steps_per_epoch=len(sizes))
+    step = TrainStep([model], optimizer, [criterion], steps_per_epoch=len(sizes))
     batches = epoch_batches(len(data.y_train), 100, torch.Generator().manual_seed(0))
     ran = run_epoch(step, data.x_train, data.y_train, batches)
-    sums = step.read(ran)
-    losses = step.losses[: len(ran)]
+    (sums,) = step.read(ran)
+    losses = step.losses[: len(ran), 0]
     first = int((~torch.isfinite(losses)).nonzero()[0]) + 1
     assert sums.first_bad_step == first and first > 1  # the first steps were finite
     assert not torch.isfinite(torch.tensor(sums.bad_loss))
@@ -91,7 +91,7 @@ def test_rewind_makes_warm_up_steps_leave_no_trace(optim, resumed):
     """What a CUDA graph's warm-up does, on the CPU: train, rewind, train again."""
     cfg, data, model, optimizer, criterion = build(f"optim={optim}", "model.dropout=0.3")
     sizes = batch_sizes(len(data.y_train), 50)
-    step = TrainStep(model, optimizer, criterion, steps_per_epoch=len(sizes))
+    step = TrainStep([model], optimizer, [criterion], steps_per_epoch=len(sizes))
     batches = list(epoch_batches(len(data.y_train), 50, torch.Generator().manual_seed(1)))
     if resumed:  # optimizer state exists before the warm-up: it must get its values back
         run_epoch(step, data.x_train, data.y_train, batches[:2])
@@ -106,7 +106,7 @@ def test_rewind_makes_warm_up_steps_leave_no_trace(optim, resumed):
     torch.set_rng_state(rewind.cpu_rng)  # the same dropout masks for the reference
     expected_opt = instantiate(cfg.optim)(params=expected_model.parameters())
     expected_opt.load_state_dict(expected_state)
-    expected_step = TrainStep(expected_model, expected_opt, criterion, len(sizes))
+    expected_step = TrainStep([expected_model], expected_opt, [criterion], len(sizes))
     run_epoch(expected_step, data.x_train, data.y_train, batches)
     for got, want in zip(model.parameters(), expected_model.parameters()):
         torch.testing.assert_close(got, want)

@@ -13,9 +13,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from dltips.early_stopping import EarlyStopping
 from dltips.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -92,33 +90,6 @@ def check_same_run(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
     allowed = [c for c in allowed if not c.startswith(("trainer.resume:", "sweep.resume:"))]
     if allowed:
         log.info("Resuming with changed settings: %s", "; ".join(allowed))
-
-
-def restore(
-    ckpt: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    stopper: EarlyStopping,
-    shuffle: torch.Generator,
-    device: torch.device,
-    path: Path,
-) -> int:
-    """Load a checkpoint's state into the freshly built objects; returns its epoch."""
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(
-            f"Checkpoint {path} does not fit the configured model or optimizer: "
-            f"{str(err).strip().splitlines()[0]}...\n  Resume with the same model and optim "
-            f"settings as the run that wrote it (see its .hydra/config.yaml)."
-        ) from err
-    stopper.load_state_dict(ckpt["early_stopping"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    shuffle.set_state(ckpt["rng"]["shuffle"])
-    if device.type == "cuda" and "cuda" in ckpt["rng"]:
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    return int(ckpt["epoch"])
 
 
 def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:

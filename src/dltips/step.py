@@ -1,4 +1,4 @@
-"""The training step and the sums of an epoch, with no host sync.
+"""The training step and the sums of an epoch, with no host sync, for one model or many.
 
 `TrainStep.__call__` runs forward, loss, backward, per-layer gradient norms, clipping and
 the optimizer step for one batch, and adds the batch's loss, correct predictions and
@@ -6,6 +6,11 @@ gradient norms to tensors on the device. Nothing in it waits for the GPU: a NaN 
 infinite loss is found when `TrainStep.read` looks at the epoch's per-step losses, the one
 CPU-GPU sync point of an epoch. `epoch_batches` draws the shuffled batch indices on the
 device, so a batch is one gather there, with no index tensor sent from the CPU.
+
+A step trains K same-shaped members at once (a batched sweep, see dltips.group): each is
+an ordinary `build_mlp` network whose parameters are its own, so its checkpoints are a
+single run's; the forward pass stacks their weights into (K, out, in) tensors and runs
+each layer as one batched matrix multiply. With K = 1 it is the plain model's forward.
 """
 
 from collections.abc import Iterable, Iterator
@@ -20,11 +25,17 @@ from dltips.models import linear_layers
 from dltips.signals import StopRequest
 
 
-def epoch_batches(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+def epoch_batches(
+    size: int, batch_size: int, generators: torch.Generator | list[torch.Generator]
+) -> Iterator[torch.Tensor]:
     """Index tensors of one epoch's shuffled batches, on the generator's device (the last
-    one is smaller when batch_size does not divide size)."""
-    perm = torch.randperm(size, generator=generator, device=generator.device)
-    return iter(perm.split(batch_size))
+    one is smaller when batch_size does not divide size). With a list of K generators,
+    each member shuffles on its own: (K, batch) index tensors."""
+    if isinstance(generators, torch.Generator):
+        perm = torch.randperm(size, generator=generators, device=generators.device)
+    else:
+        perm = torch.stack([torch.randperm(size, generator=g, device=g.device) for g in generators])
+    return iter(perm.split(batch_size, dim=-1))
 
 
 def batch_sizes(size: int, batch_size: int) -> list[int]:
@@ -35,7 +46,7 @@ def batch_sizes(size: int, batch_size: int) -> list[int]:
 
 @dataclass
 class EpochSums:
-    """What an epoch's steps added up, read from the device in one go."""
+    """What an epoch's steps added up for one member, read from the device in one go."""
 
     loss: float  # mean training loss over the samples of the steps that ran
     correct: int  # correctly classified training samples
@@ -44,29 +55,78 @@ class EpochSums:
     bad_loss: float | None  # that loss
 
 
+def forward_members(
+    models: list[nn.Module],
+    x: torch.Tensor,
+    dropout: list[float],
+    generators: list[torch.Generator] | None,
+) -> torch.Tensor:
+    """(K, B, classes) logits of K same-shaped build_mlp networks on (K, B, features) inputs.
+
+    Each member's dropout draws its masks from its own generator (in train mode).
+    """
+    linears = [linear_layers(m) for m in models]
+    activations = [m for m in models[0] if not isinstance(m, nn.Linear | nn.Dropout)]
+    training = models[0].training and generators is not None and any(dropout)
+    h = x
+    for i in range(len(linears[0])):
+        weight = torch.stack([layers[i].weight for layers in linears])  # (K, out, in)
+        bias = torch.stack([layers[i].bias for layers in linears]).unsqueeze(1)
+        h = torch.baddbmm(bias, h, weight.transpose(1, 2))
+        if i < len(activations):
+            h = activations[i](h)
+            if training:
+                h = h * _dropout_masks(h, dropout, generators)
+    return h
+
+
+def _dropout_masks(
+    h: torch.Tensor, dropout: list[float], generators: list[torch.Generator]
+) -> torch.Tensor:
+    """(K, B, W) inverted-dropout masks: 0 or 1 / (1 - p) per member, ones where p = 0."""
+    masks = []
+    for p, g in zip(dropout, generators):
+        if p > 0:
+            keep = torch.rand(h.shape[1:], generator=g, device=h.device) >= p
+            masks.append(keep.to(h.dtype) / (1 - p))
+        else:
+            masks.append(torch.ones(h.shape[1:], device=h.device, dtype=h.dtype))
+    return torch.stack(masks)
+
+
 class TrainStep:
-    """One optimizer step per call; the epoch's sums stay on the device until `read`."""
+    """One optimizer step per call for K members; the sums stay on the device until `read`.
+
+    `optimizer` holds one param group per member, in the members' order, so that each
+    member has its own hyperparameters and torch's own update.
+    """
 
     def __init__(
         self,
-        model: nn.Module,
+        models: list[nn.Module],
         optimizer: torch.optim.Optimizer,
-        criterion: nn.Module,
+        criteria: list[nn.Module],
         steps_per_epoch: int,
-        l1: float = 0.0,
-        grad_clip: float | None = None,
+        l1: list[float] | None = None,
+        grad_clip: list[float | None] | None = None,
         bf16: bool = False,
+        dropout: list[float] | None = None,
+        generators: list[torch.Generator] | None = None,
     ) -> None:
-        self.model, self.optimizer, self.criterion = model, optimizer, criterion
-        self.l1, self.grad_clip, self.bf16 = l1, grad_clip, bf16
-        self.params = list(model.parameters())
-        self.weights = [layer.weight for layer in linear_layers(model)]
-        device = self.params[0].device
+        self.models, self.optimizer, self.criteria = models, optimizer, criteria
+        k = len(models)
+        self.l1 = l1 or [0.0] * k
+        self.grad_clip = grad_clip or [None] * k
+        self.dropout, self.generators = dropout or [0.0] * k, generators
+        self.bf16 = bf16
+        self.params = [list(m.parameters()) for m in models]
+        self.weights = [layer.weight for m in models for layer in linear_layers(m)]
+        device = self.params[0][0].device
         self.device_type = device.type
-        # one slot per step: the loss sum and the divergence check both come from it
-        self.losses = torch.zeros(steps_per_epoch, device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.grad_norm_sum = torch.zeros(len(self.weights), device=device)
+        # one slot per step and member: the loss sum and the divergence check come from it
+        self.losses = torch.zeros(steps_per_epoch, k, device=device)
+        self.correct = torch.zeros(k, device=device, dtype=torch.long)
+        self.grad_norm_sum = torch.zeros(k, len(self.weights) // k, device=device)
 
     def reset(self) -> None:
         """Zero the sums before an epoch."""
@@ -75,49 +135,66 @@ class TrainStep:
         self.grad_norm_sum.zero_()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, index: int) -> None:
-        """Train on one batch: the `index`-th step of the epoch (0-based)."""
+        """Train on one batch, the `index`-th step of the epoch (0-based): x (B, features)
+        and y (B,) for one member, (K, B, features) and (K, B) for K."""
         # autocast's cast cache must be off while a CUDA graph is captured
         with torch.autocast(
             self.device_type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False
         ):
-            logits = self.model(x)
-            loss = self.criterion(logits, y)
-        objective = loss + self.l1 * l1_penalty(self.model) if self.l1 else loss
+            if len(self.models) == 1:
+                logits = self.models[0](x)
+                loss = self.criteria[0](logits, y)
+            else:
+                logits = forward_members(self.models, x, self.dropout, self.generators)
+                loss = torch.stack([c(logits[k], y[k]) for k, c in enumerate(self.criteria)])
+        # a sum of the members' losses: each member's gradient comes from its own loss only
+        objective = loss.sum() if loss.dim() else loss
+        for l1, model in zip(self.l1, self.models):
+            if l1:
+                objective = objective + l1 * l1_penalty(model)
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         # per-layer gradient norms show vanishing gradients in deep sigmoid networks
-        self.grad_norm_sum += torch.stack(torch._foreach_norm([w.grad for w in self.weights]))
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(self.params, self.grad_clip)  # no sync: scales on device
+        norms = torch.stack(torch._foreach_norm([w.grad for w in self.weights]))
+        self.grad_norm_sum += norms.view_as(self.grad_norm_sum)
+        for clip, params in zip(self.grad_clip, self.params):
+            if clip:
+                nn.utils.clip_grad_norm_(params, clip)  # no sync: scales on device
         self.optimizer.step()
         self.losses[index] = loss.detach()
-        self.correct += (logits.argmax(dim=1) == y).sum()
+        self.correct += (logits.argmax(dim=-1) == y).sum(dim=-1)
 
-    def read(self, sizes: list[int]) -> EpochSums:
-        """The sums of the first len(sizes) steps (batches of those sizes), in one sync."""
+    def read(self, sizes: list[int]) -> list[EpochSums]:
+        """Each member's sums over the first len(sizes) steps (batches of those sizes), in
+        one sync."""
         steps = len(sizes)
         losses = self.losses[:steps]
         finite = torch.isfinite(losses)
-        weights = torch.tensor(sizes, dtype=losses.dtype, device=losses.device)
+        weights = torch.tensor(sizes, dtype=losses.dtype, device=losses.device).unsqueeze(1)
         # argmin of `finite` is the first False; all True gives 0, told apart by `all_finite`
         packed = torch.cat(
             [
-                (losses.nan_to_num(0.0, 0.0, 0.0) * weights).sum().view(1),
-                self.correct.view(1).to(losses.dtype),
-                finite.all().view(1).to(losses.dtype),
-                finite.to(torch.uint8).argmin().view(1).to(losses.dtype),
+                (losses.nan_to_num(0.0, 0.0, 0.0) * weights).sum(0).unsqueeze(1),
+                self.correct.unsqueeze(1).to(losses.dtype),
+                finite.all(0).unsqueeze(1).to(losses.dtype),
+                finite.to(torch.uint8).argmin(0).unsqueeze(1).to(losses.dtype),
                 self.grad_norm_sum / steps,
-            ]
+            ],
+            dim=1,
         ).tolist()  # the CPU waits for the GPU here, once per epoch
-        loss_sum, correct, all_finite, first_bad, *grad_norms = packed
-        bad = None if all_finite else int(first_bad)
-        return EpochSums(
-            loss=loss_sum / sum(sizes),
-            correct=round(correct),
-            grad_norms=grad_norms,
-            first_bad_step=None if bad is None else bad + 1,
-            bad_loss=None if bad is None else float(self.losses[bad]),
-        )
+        sums = []
+        for k, (loss_sum, correct, all_finite, first_bad, *grad_norms) in enumerate(packed):
+            bad = None if all_finite else int(first_bad)
+            sums.append(
+                EpochSums(
+                    loss=loss_sum / sum(sizes),
+                    correct=round(correct),
+                    grad_norms=grad_norms,
+                    first_bad_step=None if bad is None else bad + 1,
+                    bad_loss=None if bad is None else float(self.losses[bad, k]),
+                )
+            )
+        return sums
 
 
 def run_epoch(
@@ -127,14 +204,19 @@ def run_epoch(
     batches: Iterable[torch.Tensor],
     stop: StopRequest | None = None,
 ) -> list[int]:
-    """Call `step` on each batch of x, y (index tensors); the sizes of the batches trained.
+    """Call `step` on each batch of x, y (index tensors; x (K, N, features) and (K, B)
+    batches for K members); the sizes of the batches trained.
 
     Stops after the current step when `stop` is set (the caller drops the partial epoch).
     """
     sizes = []
+    rows = torch.arange(len(x), device=x.device).unsqueeze(1) if x.dim() == 3 else None
     for index, batch in enumerate(batches):
-        step(x[batch], y[batch], index)
-        sizes.append(len(batch))
+        if rows is None:
+            step(x[batch], y[batch], index)
+        else:  # K members, each its own data and shuffle: (K, B) gathers
+            step(x[rows, batch], y[rows, batch], index)
+        sizes.append(batch.shape[-1])
         if stop is not None and stop.signum:
             break
     return sizes
@@ -206,8 +288,9 @@ class GraphedEpoch:
         self.step, self.x, self.y, self.generator = step, x, y, generator
         self.perm = torch.arange(len(y), device=y.device)
         self.batches = list(self.perm.split(batch_size))
-        step.model.train()  # the graph replays the mode it was captured in: dropout on
-        rewind = Rewind(step.model, step.optimizer)
+        (model,) = step.models  # one member: batched groups train eagerly
+        model.train()  # the graph replays the mode it was captured in: dropout on
+        rewind = Rewind(model, step.optimizer)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph wants

@@ -20,7 +20,7 @@ from dltips.preflight import check_same_job, holds_a_run
 from dltips.resume import override_arg
 from dltips.runs import finished_metrics
 from dltips.sweep import record_failure, threads_per_job
-from dltips.train import train
+from dltips.train import Job, train, train_group
 
 log = logging.getLogger("dltips")
 STARTED = time.time()  # files of this invocation are newer
@@ -56,6 +56,15 @@ def run(cfg: DictConfig) -> float:
 
 def sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, overrides: list[str]) -> float:
     """One job of a sweep: skipped when it finished before, failures recorded, not raised."""
+    job = prepare_job(cfg, run_dir, sweep_dir, overrides)
+    return train_jobs([job])[0] if isinstance(job, Job) else job
+
+
+def prepare_job(
+    cfg: DictConfig, run_dir: Path, sweep_dir: Path, overrides: list[str]
+) -> Job | float:
+    """What a sweep job needs before training: its Job, or its objective if there is
+    nothing to train (finished before, or failed now)."""
     threads = threads_per_job(HydraConfig.get().launcher.get("n_jobs"))
     if threads and not cfg.trainer.num_threads:  # train() applies an explicit setting
         torch.set_num_threads(threads)
@@ -69,18 +78,25 @@ def sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, overrides: list[s
             cfg = OmegaConf.merge(cfg, {"trainer": {"resume": str(run_dir)}})
     elif holds_a_run(run_dir):
         raise SystemExit(f"error: {run_dir} already holds a run; resume the sweep instead.")
+    return Job(cfg, run_dir, override_arg("sweep.resume", sweep_dir))
 
+
+def train_jobs(jobs: list[Job]) -> list[float]:
+    """Train sweep jobs (together when there are several); each one's objective. A failure
+    is recorded in each job's metrics.json and the sweep goes on."""
     try:
-        return objective(train(cfg, run_dir, override_arg("sweep.resume", sweep_dir)), cfg)
+        results = train_group(jobs)
     except Interrupted as err:  # stops the sweep too: the user asked for it (already logged)
         raise SystemExit(128 + err.signum) from None
     except Exception as err:
-        if isinstance(err, UserError):
-            log.error("Job failed: %s", err)
-        else:
-            log.exception("Job failed")
-        record_failure(run_dir, err)
-        return math.nan
+        for job in jobs:
+            if isinstance(err, UserError):
+                job.log.error("Job failed: %s", err)
+            else:
+                job.log.exception("Job failed")
+            record_failure(job.run_dir, err)
+        return [math.nan] * len(jobs)
+    return [objective(metrics, job.cfg) for metrics, job in zip(results, jobs)]
 
 
 def remove_unstarted(run_dir: Path) -> None:

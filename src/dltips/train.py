@@ -1,9 +1,17 @@
-"""The training loop: `train(cfg, run_dir) -> metrics`, read top to bottom."""
+"""The training loop: `train(cfg, run_dir) -> metrics`, read top to bottom.
+
+`train_group` trains K same-shaped runs at once (a batched sweep): one step trains all of
+them (dltips.step), one epoch loop drives them, and each `Run` writes exactly what a
+single run writes. A single run is a group of one, so there is one loop, not two.
+"""
 
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +30,16 @@ from dltips.checkpoint import (
     resolve_resume,
 )
 from dltips.config import resolve_device, validate
-from dltips.data import load_dataset
+from dltips.data import DataSplits, load_dataset
 from dltips.early_stopping import EarlyStopping
-from dltips.errors import ConfigError, Interrupted, OutputError
+from dltips.errors import CheckpointError, ConfigError, Interrupted, OutputError
 from dltips.losses import check_criterion
 from dltips.models import layer_names
-from dltips.resume import check_same_run, override_arg, restore, rng_state
+from dltips.resume import check_same_run, override_arg, rng_state
 from dltips.runs import finished_metrics
 from dltips.signals import catch_stop_signals
 from dltips.step import (
+    EpochSums,
     GraphedEpoch,
     TrainStep,
     batch_sizes,
@@ -65,115 +74,114 @@ def evaluate(
     return (loss_sum / len(y)).item(), correct.item() / len(y)
 
 
+@dataclass
+class Job:
+    """One run to train: its config, its dir, the override that continues it, its log."""
+
+    cfg: DictConfig
+    run_dir: Path
+    resume_hint: str | None = None  # default: trainer.resume=<run dir>
+    log: logging.Logger = field(default_factory=lambda: log)
+
+
 def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dict[str, Any]:
     """Train the configured network; write checkpoints, TensorBoard events and metrics.json.
 
     `resume_hint` is the override that continues this run after an interruption (in a
     sweep, `sweep.resume=<sweep dir>`); by default `trainer.resume=<run dir>`.
     """
+    return train_group([Job(cfg, Path(run_dir), resume_hint)])[0]
+
+
+def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
+    """Train K runs that differ only in per-run settings (seed, lr, dropout, ...) together.
+
+    Each run gets its own data split and shuffle, initialization, early stopping and
+    outputs; a run that stops early or diverges is frozen (lr 0) while the others go on.
+    Returns each run's metrics, in the jobs' order.
+    """
     started = time.perf_counter()
-    validate(cfg)
-    device = resolve_device(cfg.trainer.device)
-    run_dir = Path(run_dir)
-    resumed = None
-    if cfg.trainer.resume:  # every check before anything is written
-        ckpt_path, resumed_dir = resolve_resume(cfg.trainer.resume)
-        resumed = load_checkpoint(ckpt_path)
-        check_same_run(resumed, cfg, ckpt_path)
-        run_dir = resumed_dir or run_dir  # keep writing into the run we continue
-    ckpt_dir = run_dir / "checkpoints"
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    first = jobs[0].cfg
+    for job in jobs:
+        validate(job.cfg)
+    device = resolve_device(first.trainer.device)
+    if first.trainer.num_threads:
+        torch.set_num_threads(first.trainer.num_threads)
     # denormal floats (below ~1e-38) are 10-100x slower on CPUs; weights and gradients that
     # underflow there can make an epoch 2-3x slower. As zeros they change nothing visible.
-    torch.set_flush_denormal(bool(cfg.trainer.flush_denormal))
-    bf16 = str(cfg.trainer.precision) == "bf16"
+    torch.set_flush_denormal(bool(first.trainer.flush_denormal))
+    bf16 = str(first.trainer.precision) == "bf16"
     if device.type == "cuda":  # TF32: float32 matmuls on tensor cores, 10 mantissa bits
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.trainer.tf32
-    graphed = device.type == "cuda" and cfg.trainer.cuda_graphs in ("auto", True)
-    optimizer_class = get_class(cfg.optim._target_)
-    if graphed and not supports_capture(optimizer_class):
-        log.info("%s cannot step inside a CUDA graph: training eagerly", optimizer_class.__name__)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = first.trainer.tf32
+    graphed = device.type == "cuda" and first.trainer.cuda_graphs in ("auto", True)
+    optimizer_class = get_class(first.optim._target_)
+    if graphed and (len(jobs) > 1 or not supports_capture(optimizer_class)):
+        log.info(
+            "%s cannot step inside a CUDA graph: training eagerly",
+            optimizer_class.__name__ if len(jobs) == 1 else "A batched group",
+        )
         graphed = False
     capturable = {"capturable": True} if graphed and optimizer_class is not torch.optim.SGD else {}
 
-    # data: decoded once (cached), split, and moved to the device in one go
-    torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.data, seed=cfg.seed).to(device)
-    shuffle = torch.Generator(device=device).manual_seed(cfg.seed)  # batches drawn on the device
-    n_train, batch_size = len(data.y_train), cfg.data.batch_size
-
+    # each run: resume checks, data, model, loss, early stopping (every check before writing)
+    runs = [Run(job, device, bf16, started) for job in jobs]
+    # one optimizer, one param group per run: each run keeps its own hyperparameters
+    groups = [{"params": run.model.parameters(), **run.optim_settings()} for run in runs]
     try:
-        model = instantiate(cfg.model, in_features=data.in_features, num_classes=data.num_classes)
-        model = model.to(device)
-        # optim is a _partial_; in a CUDA graph, optimizers keep their step count on the GPU
-        optimizer = instantiate(cfg.optim)(params=model.parameters(), **capturable)
-        criterion = instantiate(cfg.loss.criterion)
+        optimizer = instantiate(first.optim)(params=groups, **capturable)  # optim is a partial
     except Exception as err:  # e.g. an argument the class does not take: +optim.foo=1
         cause = err.__cause__ or err
         raise ConfigError(f"Cannot build the model, optimizer or loss: {cause}") from err
-    with torch.no_grad():  # a loss for other targets fails here, not at the first step
-        check_criterion(criterion, model.eval()(data.x_train[:2]), data.y_train[:2])
-    model.train()  # eval above draws no dropout mask; a CUDA graph captures this mode
-    stopper = EarlyStopping(**cfg.trainer.early_stopping)
-    names = layer_names(model)
-    num_params = sum(p.numel() for p in model.parameters())
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    train_seconds: list[float] = []  # the training pass of every epoch, resumed ones included
-    earlier_wall_seconds = 0.0  # of the processes that trained this run before this one
-    max_epochs = cfg.trainer.max_epochs
-
-    if resumed is not None:
-        start_epoch = restore(resumed, model, optimizer, stopper, shuffle, device, ckpt_path)
-        history = resumed["history"]
-        train_seconds = list(resumed.get("epoch_seconds", []))
-        earlier_wall_seconds = float(resumed.get("wall_seconds", 0.0))
-        done = finished_metrics(run_dir)
-        if done and (start_epoch >= max_epochs or stopper.should_stop):
-            why = "stopped early" if stopper.should_stop else f"trainer.max_epochs={max_epochs}"
-            log.info(
-                "Nothing to do: %s has trained %d epochs (%s); its files are left as they are. "
-                "Raise trainer.max_epochs to train further.",
-                run_dir,
-                start_epoch,
-                why,
+    for k, run in enumerate(runs):
+        run.optimizer, run.index = optimizer, k
+    if any(run.resumed is not None for run in runs):
+        try:
+            optimizer.load_state_dict(
+                merged_optimizer_state([run.saved_optimizer() for run in runs])
             )
-            return done
-        log.info("Resumed from %s at epoch %d; writing to %s", ckpt_path, start_epoch, run_dir)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"Checkpoint {runs[0].ckpt_path} does not fit the configured optimizer: "
+                f"{str(err).strip().splitlines()[0]}"
+            ) from err
+    for run in runs:
+        run.restore()
+    finished = [run.nothing_to_do() for run in runs]
+    if all(finished):
+        return finished
 
-    log.info("Model (%d parameters) on %s:\n%s", num_params, device, model)
-    log.info(
-        "Data %s: %d train, %d val, %d test images",
-        cfg.data.name,
-        len(data.y_train),
-        len(data.y_val),
-        len(data.y_test),
+    start_epoch = next(run.start_epoch for run in runs if run.active)
+    max_epochs = first.trainer.max_epochs
+    n_train, batch_size = len(runs[0].data.y_train), first.data.batch_size
+    if len(runs) == 1:
+        x_train, y_train = runs[0].data.x_train, runs[0].data.y_train
+        shuffle = runs[0].shuffle
+    else:  # (K, N, features): each run's own split, gathered per step in one go
+        x_train = torch.stack([run.data.x_train for run in runs])
+        y_train = torch.stack([run.data.y_train for run in runs])
+        shuffle = [run.shuffle for run in runs]
+    step = TrainStep(
+        [run.model for run in runs],
+        optimizer,
+        [run.criterion for run in runs],
+        steps_per_epoch=len(batch_sizes(n_train, batch_size)),
+        l1=[run.cfg.loss.l1 for run in runs],
+        grad_clip=[run.cfg.trainer.grad_clip for run in runs],
+        bf16=bf16,
+        dropout=[run.cfg.model.dropout for run in runs],
+        generators=[run.dropout_rng for run in runs] if len(runs) > 1 else None,
     )
-
-    def state(epoch: int) -> dict[str, Any]:
-        """Everything a resumed run needs: tensors and plain values only."""
-        return {
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "early_stopping": stopper.state_dict(),
-            "history": history,
-            "epoch_seconds": train_seconds,
-            "wall_seconds": earlier_wall_seconds + time.perf_counter() - started,
-            "rng": rng_state(shuffle, device),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
-
-    resume_hint = resume_hint or override_arg("trainer.resume", run_dir)
-    remove_stale_temporaries(ckpt_dir)
-    if resumed is None:  # so that even an interrupted first epoch can be resumed
-        atomic_save(state(0), ckpt_dir / "last.pt")
-    try:
-        writer = open_writer(run_dir, start_epoch + 1)
-    except OSError as err:
-        raise OutputError(f"Cannot write TensorBoard events to {run_dir}: {err}") from err
-    status = "completed"
+    epoch_graph = None
+    if graphed:  # after any resume: the graph captures the state training continues from
+        captured = time.perf_counter()
+        epoch_graph = GraphedEpoch(step, x_train, y_train, batch_size, shuffle)
+        log.info(
+            "Captured an epoch (%d steps) as one CUDA graph in %.1fs",
+            len(epoch_graph.sizes),
+            time.perf_counter() - captured,
+        )
+    if len(runs) > 1:
+        log.info("Training %d runs together as one batched model", len(runs))
     progress = tqdm(
         range(start_epoch + 1, max_epochs + 1),
         desc="epochs",
@@ -182,145 +190,351 @@ def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dic
         total=max_epochs,
         disable=not sys.stderr.isatty(),
     )
-
-    step = TrainStep(
-        model,
-        optimizer,
-        criterion,
-        steps_per_epoch=len(batch_sizes(n_train, batch_size)),
-        l1=cfg.loss.l1,
-        grad_clip=cfg.trainer.grad_clip,
-        bf16=bf16,
-    )
-    epoch_graph = None
-    if graphed:  # after any resume: the graph captures the state training continues from
-        captured = time.perf_counter()
-        epoch_graph = GraphedEpoch(step, data.x_train, data.y_train, batch_size, shuffle)
-        log.info(
-            "Captured an epoch (%d steps) as one CUDA graph in %.1fs",
-            len(epoch_graph.sizes),
-            time.perf_counter() - captured,
-        )
-    with logging_redirect_tqdm(), catch_stop_signals() as stop, writer:
+    with logging_redirect_tqdm(), catch_stop_signals() as stop, opened(runs):
         for epoch in progress:
-            if stopper.should_stop:  # a resumed run that had already stopped
+            active = [run for run in runs if run.active]
+            if not active:  # every run stopped early or diverged
                 break
             epoch_started = time.perf_counter()
-            model.train()
+            for run in runs:
+                run.model.train()
             if epoch_graph is not None:  # the whole epoch in one replay
                 sizes = epoch_graph()
             else:
                 step.reset()
                 batches = epoch_batches(n_train, batch_size, shuffle)
-                sizes = run_epoch(step, data.x_train, data.y_train, batches, stop)
+                sizes = run_epoch(step, x_train, y_train, batches, stop)
             if stop.signum:  # the partial epoch is dropped: last.pt has the one before
                 message = (
                     f"Stopped by {stop.name} during epoch {epoch}, step {len(sizes)}. "
                     f"checkpoints/last.pt holds epoch {epoch - 1}; to continue, run the same "
-                    f"command plus {resume_hint}"
+                    f"command plus {runs[0].resume_hint}"
                 )
-                log.warning(message)  # in train.log too, where a cluster job's user looks
+                for run in active:  # in train.log too, where a cluster job's user looks
+                    run.log.warning(message)
                 raise Interrupted(stop.signum, message)
-            sums = step.read(sizes)
-            # a NaN or infinite loss ends the run; the weights it reports predate that step
-            if sums.first_bad_step is not None:
-                status = "diverged"
-                log.error(
-                    "The loss became %s at epoch %d, step %d: training diverged. Try a "
-                    "lower learning rate (optim.lr=%g now) or trainer.grad_clip.",
-                    sums.bad_loss,
-                    epoch,
-                    sums.first_bad_step,
-                    cfg.optim.lr,
-                )
-                break
+            seconds = time.perf_counter() - epoch_started
+            optimizer_state = optimizer.state_dict() if len(runs) > 1 else None
+            for run, sums in zip(runs, step.read(sizes)):
+                if run.active:
+                    run.end_epoch(epoch, sums, seconds, epoch_started, optimizer_state)
+            logged = [
+                r.history[-1] for r in active if r.history and r.history[-1]["epoch"] == epoch
+            ]
+            if logged:
+                progress.set_postfix(val_acc=f"{logged[0]['val/acc']:.4f}")
 
-            metrics = {"train/loss": sums.loss, "train/acc": sums.correct / n_train}
-            train_seconds.append(time.perf_counter() - epoch_started)
-            metrics["val/loss"], metrics["val/acc"] = evaluate(
-                model, data.x_val, data.y_val, criterion, bf16
-            )
-            history.append(
-                {
-                    "epoch": epoch,
-                    **metrics,
-                    **{f"grad_norm/{n}": g for n, g in zip(names, sums.grad_norms)},
-                }
-            )
-            improved = stopper.update(metrics, epoch)
+        for run in runs:  # the runs still training when max_epochs is reached
+            if run.active:
+                run.finish()
+    return [run.result for run in runs]
 
-            log.info(
-                "epoch %d/%d  %s  (%.2fs)%s",
+
+def merged_optimizer_state(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One optimizer state_dict from each run's own (one param group each), in order."""
+    merged: dict[str, Any] = {"state": {}, "param_groups": []}
+    offset = 0
+    for state in states:
+        (group,) = state["param_groups"]
+        merged["state"].update({offset + i: s for i, s in state["state"].items()})
+        merged["param_groups"].append({**group, "params": [offset + i for i in group["params"]]})
+        offset += len(group["params"])
+    return merged
+
+
+def run_optimizer_state(full: dict[str, Any], index: int) -> dict[str, Any]:
+    """Run `index`'s part of a group optimizer's state_dict, as its own optimizer's."""
+    group = full["param_groups"][index]
+    ids = group["params"]
+    return {
+        "state": {i: full["state"][p] for i, p in enumerate(ids) if p in full["state"]},
+        "param_groups": [{**group, "params": list(range(len(ids)))}],
+    }
+
+
+class Run:
+    """One run of a group: its data, model, early stopping, history and outputs."""
+
+    def __init__(self, job: Job, device: torch.device, bf16: bool, started: float) -> None:
+        cfg, self.log = job.cfg, job.log
+        self.cfg, self.device, self.bf16, self.started = cfg, device, bf16, started
+        self.run_dir = Path(job.run_dir)
+        self.resumed, self.ckpt_path = None, None
+        if cfg.trainer.resume:  # every check before anything is written
+            self.ckpt_path, resumed_dir = resolve_resume(cfg.trainer.resume)
+            self.resumed = load_checkpoint(self.ckpt_path)
+            check_same_run(self.resumed, cfg, self.ckpt_path)
+            self.run_dir = resumed_dir or self.run_dir  # keep writing into the run we continue
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.resume_hint = job.resume_hint or override_arg("trainer.resume", self.run_dir)
+
+        # data: decoded once (cached), split, and moved to the device in one go
+        torch.manual_seed(cfg.seed)
+        self.data: DataSplits = load_dataset(cfg.data, seed=cfg.seed).to(device)
+        # batches drawn on the device; a batched run draws its dropout masks from its own seed
+        self.shuffle = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.dropout_rng = torch.Generator(device=device).manual_seed(cfg.seed)
+        try:
+            model = instantiate(
+                cfg.model, in_features=self.data.in_features, num_classes=self.data.num_classes
+            )
+            self.model = model.to(device)
+            self.criterion = instantiate(cfg.loss.criterion)
+        except Exception as err:  # e.g. an argument the class does not take: +model.foo=1
+            cause = err.__cause__ or err
+            raise ConfigError(f"Cannot build the model, optimizer or loss: {cause}") from err
+        with torch.no_grad():  # a loss for other targets fails here, not at the first step
+            x, y = self.data.x_train[:2], self.data.y_train[:2]
+            check_criterion(self.criterion, self.model.eval()(x), y)
+        self.model.train()  # eval above draws no dropout mask; a CUDA graph captures this mode
+        self.stopper = EarlyStopping(**cfg.trainer.early_stopping)
+        self.names = layer_names(self.model)
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.history: list[dict[str, float]] = []
+        self.start_epoch = 0
+        self.train_seconds: list[float] = []  # each epoch's training pass, resumed ones too
+        self.earlier_wall_seconds = 0.0  # of the processes that trained this run before
+        self.status = "completed"
+        self.active = True
+        self.result: dict[str, Any] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.index = 0
+
+    def optim_settings(self) -> dict[str, Any]:
+        """This run's optimizer hyperparameters (lr, betas, ...), for its param group."""
+        settings = OmegaConf.to_container(self.cfg.optim, resolve=True)
+        return {k: v for k, v in settings.items() if k not in ("_target_", "_partial_")}
+
+    def saved_optimizer(self) -> dict[str, Any]:
+        """The optimizer state to continue from: the checkpoint's, or this run's fresh one."""
+        if self.resumed is not None:
+            return self.resumed["optimizer"]
+        return run_optimizer_state(self.optimizer.state_dict(), self.index)
+
+    def restore(self) -> None:
+        """Load a resumed run's checkpoint into the fresh model, early stopping and RNGs
+        (the optimizer's state is loaded for the whole group at once)."""
+        if self.resumed is None:
+            return
+        ckpt = self.resumed
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"Checkpoint {self.ckpt_path} does not fit the configured model: "
+                f"{str(err).strip().splitlines()[0]}..."
+            ) from err
+        self.stopper.load_state_dict(ckpt["early_stopping"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.shuffle.set_state(ckpt["rng"]["shuffle"])
+        if "dropout" in ckpt["rng"]:
+            self.dropout_rng.set_state(ckpt["rng"]["dropout"])
+        if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.history = ckpt["history"]
+        self.train_seconds = list(ckpt.get("epoch_seconds", []))
+        self.earlier_wall_seconds = float(ckpt.get("wall_seconds", 0.0))
+
+    def nothing_to_do(self) -> dict[str, Any] | None:
+        """A resumed run that had finished: its metrics, left as they are; else None."""
+        max_epochs = self.cfg.trainer.max_epochs
+        if self.resumed is None:
+            return None
+        done = finished_metrics(self.run_dir)
+        if done and (self.start_epoch >= max_epochs or self.stopper.should_stop):
+            why = (
+                "stopped early" if self.stopper.should_stop else f"trainer.max_epochs={max_epochs}"
+            )
+            self.log.info(
+                "Nothing to do: %s has trained %d epochs (%s); its files are left as they are. "
+                "Raise trainer.max_epochs to train further.",
+                self.run_dir,
+                self.start_epoch,
+                why,
+            )
+            self.active, self.result = False, done
+            self.optimizer.param_groups[self.index]["lr"] = 0.0  # its group trains without it
+            return done
+        self.log.info(
+            "Resumed from %s at epoch %d; writing to %s",
+            self.ckpt_path,
+            self.start_epoch,
+            self.run_dir,
+        )
+        return None
+
+    def open(self) -> None:
+        """Log the setup, save epoch 0 (a new run) and open the TensorBoard writer."""
+        self.log.info("Model (%d parameters) on %s:\n%s", self.num_params, self.device, self.model)
+        self.log.info(
+            "Data %s: %d train, %d val, %d test images",
+            self.cfg.data.name,
+            len(self.data.y_train),
+            len(self.data.y_val),
+            len(self.data.y_test),
+        )
+        remove_stale_temporaries(self.ckpt_dir)
+        if self.resumed is None:  # so that even an interrupted first epoch can be resumed
+            atomic_save(self.state(0), self.ckpt_dir / "last.pt")
+        try:
+            self.writer = open_writer(self.run_dir, self.start_epoch + 1)
+        except OSError as err:
+            raise OutputError(f"Cannot write TensorBoard events to {self.run_dir}: {err}") from err
+
+    def state(self, epoch: int, optimizer_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything a resumed run needs: tensors and plain values only."""
+        full = optimizer_state or self.optimizer.state_dict()
+        rng = rng_state(self.shuffle, self.device)
+        if self.index or len(full["param_groups"]) > 1:  # a batched run's own dropout stream
+            rng["dropout"] = self.dropout_rng.get_state()
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": run_optimizer_state(full, self.index),
+            "early_stopping": self.stopper.state_dict(),
+            "history": self.history,
+            "epoch_seconds": self.train_seconds,
+            "wall_seconds": self.earlier_wall_seconds + time.perf_counter() - self.started,
+            "rng": rng,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    def end_epoch(
+        self,
+        epoch: int,
+        sums: EpochSums,
+        seconds: float,
+        epoch_started: float,
+        optimizer_state: dict[str, Any] | None,
+    ) -> None:
+        """Evaluate, log, check for divergence and early stopping, save the checkpoints."""
+        max_epochs = self.cfg.trainer.max_epochs
+        # a NaN or infinite loss ends the run; the weights it reports predate that step
+        if sums.first_bad_step is not None:
+            self.status = "diverged"
+            self.log.error(
+                "The loss became %s at epoch %d, step %d: training diverged. Try a "
+                "lower learning rate (optim.lr=%g now) or trainer.grad_clip.",
+                sums.bad_loss,
                 epoch,
-                max_epochs,
-                "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-                time.perf_counter() - epoch_started,
-                "  *best" if improved else "",
+                sums.first_bad_step,
+                self.cfg.optim.lr,
             )
-            progress.set_postfix(val_acc=f"{metrics['val/acc']:.4f}")
-            log_epoch(writer, epoch, {**history[-1], "train/lr": optimizer.param_groups[0]["lr"]})
-            snapshot = state(epoch)
-            try:
-                if improved:
-                    atomic_save(snapshot, ckpt_dir / "best.pt")
-                atomic_save(snapshot, ckpt_dir / "last.pt")
-            except OutputError as err:
-                raise OutputError(f"{err}\n  Free space, then continue with {resume_hint}") from err
+            self.finish()
+            return
 
-            if stopper.should_stop:
-                log.info(
-                    "Early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
-                    stopper.monitor,
-                    stopper.patience,
-                    stopper.best,
-                    stopper.best_epoch,
-                )
-                break
+        metrics = {"train/loss": sums.loss, "train/acc": sums.correct / len(self.data.y_train)}
+        self.train_seconds.append(seconds)
+        metrics["val/loss"], metrics["val/acc"] = evaluate(
+            self.model, self.data.x_val, self.data.y_val, self.criterion, self.bf16
+        )
+        self.history.append(
+            {
+                "epoch": epoch,
+                **metrics,
+                **{f"grad_norm/{n}": g for n, g in zip(self.names, sums.grad_norms)},
+            }
+        )
+        improved = self.stopper.update(metrics, epoch)
 
-        # final metrics: the reported weights, evaluated in eval mode over every split.
+        self.log.info(
+            "epoch %d/%d  %s  (%.2fs)%s",
+            epoch,
+            max_epochs,
+            "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+            time.perf_counter() - epoch_started,
+            "  *best" if improved else "",
+        )
+        lr = self.optimizer.param_groups[self.index]["lr"]
+        log_epoch(self.writer, epoch, {**self.history[-1], "train/lr": lr})
+        snapshot = self.state(epoch, optimizer_state)
+        try:
+            if improved:
+                atomic_save(snapshot, self.ckpt_dir / "best.pt")
+            atomic_save(snapshot, self.ckpt_dir / "last.pt")
+        except OutputError as err:
+            raise OutputError(
+                f"{err}\n  Free space, then continue with {self.resume_hint}"
+            ) from err
+
+        if self.stopper.should_stop:
+            self.log.info(
+                "Early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                self.stopper.monitor,
+                self.stopper.patience,
+                self.stopper.best,
+                self.stopper.best_epoch,
+            )
+            self.finish()
+
+    def finish(self) -> None:
+        """Freeze the run and write its final metrics: the reported weights, evaluated in
+        eval mode over every split."""
+        self.active = False
+        self.optimizer.param_groups[self.index]["lr"] = 0.0  # no further updates in a group
         # A diverged run's weights went on updating after the bad step: the last completed
         # epoch's (last.pt) or the best epoch's weights are reported instead.
-        best = ckpt_dir / "best.pt"
-        if stopper.restore_best and best.is_file():
-            model.load_state_dict(load_checkpoint(best)["model"])
-        elif status == "diverged":
-            model.load_state_dict(load_checkpoint(ckpt_dir / "last.pt")["model"])
+        best = self.ckpt_dir / "best.pt"
+        if self.stopper.restore_best and best.is_file():
+            self.model.load_state_dict(load_checkpoint(best)["model"])
+        elif self.status == "diverged":
+            self.model.load_state_dict(load_checkpoint(self.ckpt_dir / "last.pt")["model"])
         final = {}
         for split, x, y in (
-            ("train", data.x_train, data.y_train),
-            ("val", data.x_val, data.y_val),
-            ("test", data.x_test, data.y_test),
+            ("train", self.data.x_train, self.data.y_train),
+            ("val", self.data.x_val, self.data.y_val),
+            ("test", self.data.x_test, self.data.y_test),
         ):
-            final[f"{split}/loss"], final[f"{split}/acc"] = evaluate(model, x, y, criterion, bf16)
-        epochs_trained = len(history)
+            final[f"{split}/loss"], final[f"{split}/acc"] = evaluate(
+                self.model, x, y, self.criterion, self.bf16
+            )
+        epochs_trained = len(self.history)
+        max_epochs = self.cfg.trainer.max_epochs
+        seconds = self.train_seconds
         result = {
-            "status": status,
+            "status": self.status,
             **final,
-            "best_epoch": stopper.best_epoch,
+            "best_epoch": self.stopper.best_epoch,
             "epochs_trained": epochs_trained,
-            "stopped_early": stopper.should_stop and epochs_trained < max_epochs,
-            "wall_seconds": earlier_wall_seconds + time.perf_counter() - started,
-            "seconds_per_epoch": sum(train_seconds) / len(train_seconds) if train_seconds else None,
-            "epoch_seconds": train_seconds,
-            "device": str(device),
-            "num_params": num_params,
+            "stopped_early": self.stopper.should_stop and epochs_trained < max_epochs,
+            "wall_seconds": self.earlier_wall_seconds + time.perf_counter() - self.started,
+            "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
+            "epoch_seconds": seconds,
+            "device": str(self.device),
+            "num_params": self.num_params,
             "num_threads": torch.get_num_threads(),
-            "history": history,
+            "history": self.history,
         }
-        result = _json_safe(result)
-        atomic_write_json(result, run_dir / "metrics.json")
-        log_hparams(writer, key_hparams(cfg), final, step=epochs_trained)
-    log.info(
-        "Final (%s, best epoch %d of %d):  train/acc %.4f  val/acc %.4f  test/acc %.4f",
-        status,
-        stopper.best_epoch,
-        epochs_trained,
-        final["train/acc"],
-        final["val/acc"],
-        final["test/acc"],
-    )
-    log.info("Outputs in %s", run_dir)
-    return result
+        if self.optimizer is not None and len(self.optimizer.param_groups) > 1:
+            result["batch"] = {"members": len(self.optimizer.param_groups), "member": self.index}
+        self.result = _json_safe(result)
+        atomic_write_json(self.result, self.run_dir / "metrics.json")
+        log_hparams(self.writer, key_hparams(self.cfg), final, step=epochs_trained)
+        self.log.info(
+            "Final (%s, best epoch %d of %d):  train/acc %.4f  val/acc %.4f  test/acc %.4f",
+            self.status,
+            self.stopper.best_epoch,
+            epochs_trained,
+            final["train/acc"],
+            final["val/acc"],
+            final["test/acc"],
+        )
+        self.log.info("Outputs in %s", self.run_dir)
+
+
+@contextmanager
+def opened(runs: list[Run]) -> Iterator[None]:
+    """Open the outputs of every run that will train; close their TensorBoard writers."""
+    active = [run for run in runs if run.active]
+    try:
+        for run in active:
+            run.open()
+        yield
+    finally:
+        for run in active:
+            if hasattr(run, "writer"):
+                run.writer.close()
 
 
 def _json_safe(value: Any) -> Any:

@@ -1,0 +1,118 @@
+"""Batched sweeps: which jobs of a sweep can train together as one batched model.
+
+Jobs whose configs differ only in per-run settings (PER_RUN: seed, learning rate, dropout,
+...) share one model shape, optimizer class, loss, data and schedule, so one step can train
+them all (dltips.step, dltips.train.train_group). Everything else splits groups. A group
+is capped by `max_members`, or by default by an estimate of its memory against what is
+free. The launcher (hydra_plugins/dltips_batched_launcher) uses these functions.
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dltips.checkpoint import load_checkpoint
+from dltips.config import resolve_device
+from dltips.resume import flatten
+
+log = logging.getLogger(__name__)
+
+# settings (or prefixes ending in ".") that may differ between the runs of one group
+PER_RUN = (
+    "seed",
+    "optim.lr",
+    "optim.weight_decay",
+    "optim.momentum",
+    "optim.betas",
+    "optim.alpha",
+    "optim.eps",
+    "model.dropout",
+    "model.init",
+    "loss.l1",
+    "trainer.grad_clip",
+    "trainer.early_stopping.",
+    "data.test_noise_std",
+    "trainer.resume",  # the epoch a resumed run starts from goes into the key instead
+    "sweep.resume",
+)
+
+
+def group_key(cfg: DictConfig) -> str:
+    """What must be equal for runs to train together: every setting but the PER_RUN ones,
+    and the epoch a resumed run starts from."""
+    settings = flatten(OmegaConf.to_container(cfg, resolve=True))
+    shared = {k: v for k, v in settings.items() if not _per_run(k)}
+    if cfg.trainer.resume:
+        shared["start_epoch"] = load_checkpoint(
+            Path(cfg.trainer.resume) / "checkpoints" / "last.pt"
+        )["epoch"]
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def _per_run(key: str) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in PER_RUN)
+
+
+def group_jobs(keys: list[str], cap: int | None) -> list[list[int]]:
+    """Indices of jobs with equal keys, in job order, in groups of at most `cap`."""
+    by_key: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_key.setdefault(key, []).append(i)
+    groups = []
+    for members in by_key.values():
+        size = cap or len(members)
+        groups += [members[i : i + size] for i in range(0, len(members), size)]
+    return sorted(groups, key=lambda g: g[0])
+
+
+def bytes_per_run(cfg: DictConfig) -> int:
+    """A run's memory in a group: parameters with their gradients and optimizer state,
+    one batch's activations, and its own copy of the training split (float32; at most
+    60,000 images when data.train_size does not say)."""
+    train_images = cfg.data.train_size or 60_000
+    m = cfg.model
+    widths = list(m.width) if not isinstance(m.width, int) else [m.width] * m.depth
+    sizes = [784, *(w * m.get("pieces", 1) for w in widths), 10]
+    params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    activations = cfg.data.batch_size * sum(sizes) * 3  # forward, backward, dropout masks
+    return 4 * (4 * params + activations + train_images * 785)
+
+
+def memory_cap(cfg: DictConfig) -> int:
+    """How many runs fit in half of the free memory of the device they train on."""
+    device = resolve_device(cfg.trainer.device)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _available_ram()
+    return max(1, free // 2 // bytes_per_run(cfg))
+
+
+def _available_ram() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else the total physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def describe(groups: list[list[int]], numbers: list[int]) -> str:
+    """'3 groups: jobs 0,2,4 | jobs 1,3,5 | job 6 (alone)' for the log."""
+    parts = [
+        f"jobs {','.join(str(numbers[i]) for i in g)}"
+        if len(g) > 1
+        else f"job {numbers[g[0]]} (alone)"
+        for g in groups
+    ]
+    return f"{len(groups)} group{'s' * (len(groups) != 1)}: " + " | ".join(parts)
+
+
+def settings_summary(cfg: DictConfig) -> dict[str, Any]:
+    """The per-run settings of a job, for the log line of its group."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {k: v for k, v in flat.items() if _per_run(k) and not k.endswith("resume")}

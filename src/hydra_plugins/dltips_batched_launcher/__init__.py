@@ -1,0 +1,1 @@
+"""dltips' batched launcher: `hydra/launcher=batched` trains same-shaped sweep jobs together."""

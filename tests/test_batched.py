@@ -1,0 +1,193 @@
+"""Batched sweeps: runs trained together equal the same runs trained alone."""
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import file_digests, make_cfg, run_script, start_script, wait_for
+from dltips.checkpoint import load_checkpoint
+from dltips.group import group_jobs, group_key
+from dltips.models import build_mlp
+from dltips.train import Job, train, train_group
+
+SMALL = ["model.width=32", "trainer.max_epochs=3", "trainer.early_stopping.patience=null"]
+TIMINGS = ("wall_seconds", "seconds_per_epoch", "epoch_seconds", "batch", "num_threads")
+
+
+def alone_and_together(tmp_path: Path, overrides: list[list[str]]) -> tuple[list, list]:
+    cfgs = [make_cfg(*SMALL, *o) for o in overrides]
+    alone = [train(cfg, tmp_path / f"alone{i}") for i, cfg in enumerate(cfgs)]
+    together = train_group([Job(cfg, tmp_path / f"group{i}") for i, cfg in enumerate(cfgs)])
+    return alone, together
+
+
+def assert_same_training(alone: dict, together: dict, rel: float = 1e-4) -> None:
+    assert together["best_epoch"] == alone["best_epoch"]
+    assert together["epochs_trained"] == alone["epochs_trained"]
+    for a, b in zip(alone["history"], together["history"], strict=True):
+        for key in ("train/loss", "val/loss", "val/acc"):
+            assert b[key] == pytest.approx(a[key], rel=rel), (key, a["epoch"])
+
+
+@pytest.mark.parametrize(
+    "optim", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+)
+def test_each_run_of_a_group_trains_as_it_would_alone(tmp_path, optim):
+    lr = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.01}.get(optim, 0.001)
+    settings = [
+        [f"optim={optim}", "seed=0", f"optim.lr={lr}"],
+        [f"optim={optim}", "seed=1", f"optim.lr={lr * 3}", "optim.weight_decay=0.001"],
+        [f"optim={optim}", "seed=2", f"optim.lr={lr}", "loss.l1=0.0001", "trainer.grad_clip=0.5"],
+    ]
+    alone, together = alone_and_together(tmp_path, settings)
+    for a, b in zip(alone, together):
+        assert_same_training(a, b)
+    assert [t["batch"] for t in together] == [{"members": 3, "member": k} for k in range(3)]
+    # same files and keys as a sequential run, plus "batch"
+    assert set(together[0]) - set(alone[0]) == {"batch"}
+
+    def names(run: str) -> set[str]:
+        return {p.name.split(".")[0] for p in (tmp_path / run).rglob("*")}  # events.out...
+
+    assert names("group0") == names("alone0")
+
+
+def test_dropout_draws_each_runs_own_masks_reproducibly(tmp_path):
+    settings = [["seed=0", "model.dropout=0.3"], ["seed=1", "model.dropout=0.5"]]
+    cfgs = [make_cfg(*SMALL, *s) for s in settings]
+    first = train_group([Job(c, tmp_path / f"a{i}") for i, c in enumerate(cfgs)])
+    again = train_group([Job(c, tmp_path / f"b{i}") for i, c in enumerate(cfgs)])
+    for a, b in zip(first, again):
+        assert a["history"] == b["history"] and a["test/acc"] == b["test/acc"]
+    assert first[0]["test/acc"] > 0.6 and first[1]["test/acc"] > 0.6  # it learns (chance: 0.1)
+
+
+def test_a_run_that_stops_early_is_frozen_while_the_others_train_on(tmp_path):
+    # min_delta 10: no epoch after the first counts as better; patience 1 stops at epoch 2
+    stops = ["seed=1", "trainer.early_stopping.min_delta=10", "trainer.early_stopping.patience=1"]
+    alone, together = alone_and_together(tmp_path, [["seed=0"], stops])
+    assert together[1]["epochs_trained"] == 2 and together[1]["stopped_early"]
+    assert load_checkpoint(tmp_path / "group1" / "checkpoints" / "last.pt")["epoch"] == 2
+    assert_same_training(alone[1], together[1])
+    assert_same_training(alone[0], together[0])  # its neighbour trained all 3 epochs
+
+
+def test_a_run_that_diverges_is_frozen_and_the_others_are_unaffected(tmp_path):
+    settings = [["optim=sgd", "seed=0"], ["optim=sgd", "seed=1", "optim.lr=1e6"]]
+    alone, together = alone_and_together(tmp_path, settings)
+    assert together[1]["status"] == alone[1]["status"] == "diverged"
+    assert together[1]["epochs_trained"] == alone[1]["epochs_trained"]
+    assert_same_training(alone[0], together[0])
+
+
+def test_a_runs_checkpoint_resumes_alone_and_loads_into_a_plain_network(tmp_path):
+    cfgs = [make_cfg(*SMALL, f"seed={s}") for s in (0, 1)]
+    train_group([Job(c, tmp_path / f"g{i}") for i, c in enumerate(cfgs)])
+    ckpt = load_checkpoint(tmp_path / "g1" / "checkpoints" / "last.pt")
+    net = build_mlp(784, 10, depth=2, width=32, activation=torch.nn.ReLU)
+    net.load_state_dict(ckpt["model"])
+    more = make_cfg(*SMALL, "seed=1", "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'g1'}")
+    longer = train(more, tmp_path / "x")
+    straight = train(make_cfg(*SMALL, "seed=1", "trainer.max_epochs=4"), tmp_path / "y")
+    assert_same_training(straight, longer)
+
+
+def test_runs_group_by_shape_and_split_at_the_cap():
+    cfgs = [make_cfg(f"model={m}", f"seed={s}") for m in ("sigmoid", "relu") for s in (0, 1, 2)]
+    keys = [group_key(c) for c in cfgs]
+    assert group_jobs(keys, None) == [[0, 1, 2], [3, 4, 5]]
+    assert group_jobs(keys, 2) == [[0, 1], [2], [3, 4], [5]]
+    other = [make_cfg("seed=0", "model.width=32"), make_cfg("seed=0", "optim.lr=0.5")]
+    assert group_jobs([group_key(c) for c in other], None) == [[0], [1]]  # width splits
+
+
+@pytest.mark.slow
+def test_batched_sweep_through_the_cli(tmp_path):
+    result = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=batched",
+        "model=sigmoid,relu",
+        "seed=0,1,2",
+        *SMALL,
+        f"hydra.sweep.dir={tmp_path / 'ok'}",
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Batched 2 groups: jobs 0,1,2 | jobs 3,4,5" in output
+    metrics = [
+        json.loads((tmp_path / "ok" / str(j) / "metrics.json").read_text()) for j in range(6)
+    ]
+    assert [m["batch"]["members"] for m in metrics] == [3] * 6
+    for j in range(6):
+        log = (tmp_path / "ok" / str(j) / "train.log").read_text()
+        assert "epoch 3/3" in log and f"Outputs in {tmp_path / 'ok' / str(j)}" in log
+        assert (tmp_path / "ok" / str(j) / ".hydra" / "overrides.yaml").is_file()
+    assert (tmp_path / "ok" / "summary.md").is_file()
+
+
+@pytest.mark.slow
+def test_a_bad_job_fails_alone_and_the_rest_train_together(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=batched",
+        "optim.lr=-1,0.001,0.003",
+        *SMALL,
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    status = [json.loads((sweep_dir / j / "metrics.json").read_text()) for j in "012"]
+    assert status[0]["status"] == "failed" and "optim.lr=-1" in status[0]["error"]
+    assert [s["batch"] for s in status[1:]] == [{"members": 2, "member": k} for k in (0, 1)]
+
+
+@pytest.mark.slow
+def test_interrupted_group_resumes_to_the_uninterrupted_result(tmp_path):
+    command = [
+        "-m",
+        "hydra/launcher=batched",
+        "seed=0,1",
+        "model.width=32",
+        "data.batch_size=10",
+        "model.dropout=0.2",
+        "trainer.max_epochs=3",
+        "trainer.early_stopping.patience=null",
+    ]
+    straight = run_script(
+        "train.py", *command, f"hydra.sweep.dir={tmp_path / 'full'}", cwd=tmp_path
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    sweep_dir = tmp_path / "cut"
+    proc = start_script("train.py", *command, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    last = sweep_dir / "1" / "checkpoints" / "last.pt"
+    wait_for(lambda: last.is_file() and load_checkpoint(last)["epoch"] >= 1, what="epoch 1")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-3000:]
+    assert "sweep.resume=" in out
+    assert all(
+        load_checkpoint(sweep_dir / j / "checkpoints" / "last.pt")["epoch"] >= 1 for j in "01"
+    )
+
+    resumed = run_script("train.py", *command, f"sweep.resume={sweep_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for j in "01":
+        a = json.loads((tmp_path / "full" / j / "metrics.json").read_text())
+        b = json.loads((sweep_dir / j / "metrics.json").read_text())
+        assert {k: v for k, v in a.items() if k not in TIMINGS} == {
+            k: v for k, v in b.items() if k not in TIMINGS
+        }
+    before = file_digests(sweep_dir / "0")
+    again = run_script("train.py", *command, f"sweep.resume={sweep_dir}", cwd=tmp_path)
+    assert again.returncode == 0 and "Already completed, skipped" in again.stdout + again.stderr
+    assert {k: v for k, v in file_digests(sweep_dir / "0").items() if k != "train.log"} == {
+        k: v for k, v in before.items() if k != "train.log"
+    }
