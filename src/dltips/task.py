@@ -99,21 +99,21 @@ def train_jobs(jobs: list[Job]) -> list[float]:
     return [objective(metrics, job.cfg) for metrics, job in zip(results, jobs)]
 
 
-def remove_unstarted(run_dir: Path) -> None:
-    """Delete a run dir that this invocation made and that holds only Hydra's files, so a
-    command that failed before training leaves no empty run behind."""
-    if not run_dir.is_dir():
-        return
-    files = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
-    if not files <= HYDRA_FILES or any((run_dir / f).stat().st_mtime < STARTED - 1 for f in files):
-        return
-    for f in files:
-        (run_dir / f).unlink()
-    hydra_dir = run_dir / ".hydra"
-    if hydra_dir.is_dir() and not any(hydra_dir.iterdir()):
-        hydra_dir.rmdir()
-    # the run dir, then its parents that are now empty (outputs/DATE/), up to the cwd
-    cwd, folder = Path.cwd().resolve(), run_dir.resolve()
-    while cwd in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+def remove_unstarted(folder: Path, files: set[str] = HYDRA_FILES) -> None:
+    """Delete what Hydra wrote for this command in `folder` (only `files`, only if newer
+    than this process), then each folder above it up to the cwd that holds nothing else:
+    a command that failed before training leaves no empty run dir behind."""
+    cwd, folder = Path.cwd().resolve(), folder.resolve()
+    while cwd in folder.parents and folder.is_dir():
+        found = [p for p in folder.rglob("*") if not p.is_dir()]
+        if any(
+            p.relative_to(folder).as_posix() not in files or p.stat().st_mtime < STARTED - 1
+            for p in found
+        ):
+            return
+        for p in found:
+            p.unlink()
+        for sub in sorted(folder.rglob("*"), reverse=True):  # empty folders, deepest first
+            sub.rmdir()
         folder.rmdir()
         folder = folder.parent

@@ -1,0 +1,392 @@
+"""Evaluate and predict with a trained checkpoint (scripts/eval.py, scripts/predict.py).
+
+The model is rebuilt from the checkpoint's own config (the resolved training config) and
+its weights; the data comes from the checkpoint's data config, with the `data` keys given
+on the command line in place of its own. Nothing is written into the run directory.
+"""
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from dltips.checkpoint import atomic_write_json, load_checkpoint
+from dltips.config import resolve_device, validate
+from dltips.data import load_dataset
+from dltips.errors import CheckpointError, ConfigError, DataError, UserError
+from dltips.preflight import PreflightError, check_writable, holds_a_run
+from dltips.task import remove_unstarted
+from dltips.train import evaluate
+
+log = logging.getLogger(__name__)
+SPLITS = ("test", "val", "train")
+# what Hydra writes before the job starts: removed again when the command fails
+HYDRA_FILES = {
+    ".hydra/config.yaml",
+    ".hydra/hydra.yaml",
+    ".hydra/overrides.yaml",
+    "eval.log",
+    "multirun.yaml",
+}
+# preprocessing the model was trained with: kept when data=<option> picks another data set
+PREPROCESSING = ("normalize", "test_noise_std")
+CKPT_HINT = (
+    "Give ckpt a run directory (its checkpoints/best.pt is used) or a .pt file from a "
+    "run's checkpoints/ folder."
+)
+
+
+# --- the checkpoint and its model ---------------------------------------------------------
+
+
+def resolve_ckpt(ckpt: Any) -> Path:
+    """The checkpoint file for a `ckpt=` value: a .pt file, or a run dir's reported weights.
+
+    A run reports (in metrics.json) the weights of checkpoints/best.pt, or those of
+    checkpoints/last.pt when it ran with trainer.early_stopping.restore_best=false or
+    diverged before any epoch was best; a run dir means the same file here.
+    """
+    if ckpt is None or str(ckpt) == "":
+        raise ConfigError(
+            "ckpt is not set: give ckpt=<run dir> (its checkpoints/best.pt) or "
+            "ckpt=<checkpoint .pt file>."
+        )
+    path = Path(str(ckpt))
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(
+            f"ckpt={ckpt}: no such run directory or checkpoint file. Run directories are "
+            f"under outputs/DATE/TIME/ (or outputs/multirun/DATE/TIME/N/)."
+        )
+    best, last = path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt"
+    if not last.is_file():
+        if best.is_file():
+            return best
+        raise CheckpointError(
+            f"ckpt={ckpt}: no checkpoints/best.pt or checkpoints/last.pt in this directory. "
+            f"{CKPT_HINT}"
+        )
+    if not best.is_file():  # diverged in its first epoch: the run reported last.pt
+        return last
+    restore_best = load_ckpt(last)["config"]["trainer"]["early_stopping"]["restore_best"]
+    return best if restore_best else last
+
+
+def load_ckpt(path: Path) -> dict[str, Any]:
+    """load_checkpoint (weights_only), with advice for `ckpt=` instead of for a resume."""
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as err:
+        # load_checkpoint's advice is about trainer.resume: keep what is wrong, advise ckpt=
+        found = re.search(
+            r"\s+(Give trainer\.resume|dltips did not write it: resume|Resume from)", str(err)
+        )
+        what = str(err)[: found.start()] if found else str(err)
+        raise CheckpointError(f"{what} {CKPT_HINT}") from None
+
+
+def build_model(
+    saved: DictConfig, state: dict, in_features: int, num_classes: int, path: Path
+) -> nn.Module:
+    """The checkpoint's model, built from its own config with the given sizes, in eval mode."""
+    try:
+        model = instantiate(saved.model, in_features=in_features, num_classes=num_classes)
+    except Exception as err:
+        cause = err.__cause__ or err
+        raise CheckpointError(f"Cannot build the model of {path} from its config: {cause}") from err
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # sizes that differ: another data set shape
+        detail = str(err).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"The weights in {path} do not fit a model for {in_features} inputs and "
+            f"{num_classes} classes ({detail})."
+        ) from err
+    return model.eval()
+
+
+def model_sizes(state: dict) -> tuple[int, int]:
+    """(inputs, classes) of a model's state dict: its first and last weight matrices."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return weights[0].shape[1], weights[-1].shape[0]
+
+
+@torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor, bf16: bool, chunk: int = 10_000) -> torch.Tensor:
+    """The model's float32 logits for all of x, in eval mode, `chunk` images at a time."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), chunk):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out.append(model(x[i : i + chunk]).float())
+    return torch.cat(out)
+
+
+# --- scripts/eval.py --------------------------------------------------------------------
+
+
+def data_config(saved: DictConfig, chosen: DictConfig, overrides: list[str]) -> DictConfig:
+    """The checkpoint's data config with the `data` keys the command line gives in its place.
+
+    `data=<option>` picks another data set (its files and splits; the images get the
+    checkpoint's normalize and test_noise_std, as the model was trained); each
+    `data.<key>=<value>` sets that key.
+    """
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    chosen = OmegaConf.create(OmegaConf.to_container(chosen, resolve=True))
+    data = OmegaConf.create(OmegaConf.to_container(saved.data))
+    if "data" in keys:
+        data = OmegaConf.merge(chosen, {k: data[k] for k in PREPROCESSING if k in data})
+    for key in keys:
+        if key.startswith("data."):
+            OmegaConf.update(data, key[5:], OmegaConf.select(chosen, key[5:]), merge=False)
+    return data
+
+
+def evaluate_checkpoint(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Evaluate a checkpoint on a split; write eval.json and confusion_matrix.png to out_dir."""
+    split = cfg.split
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}: must be test, val or train.")
+    device = resolve_device(cfg.trainer.device)
+    path = resolve_ckpt(cfg.ckpt)
+    ckpt = load_ckpt(path)
+    saved = OmegaConf.create(ckpt["config"])
+    data_cfg = data_config(saved, cfg.data, overrides)
+    given = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] == "data"]
+    # every check of the training config applies to the changed data config too
+    validate(OmegaConf.merge(saved, {"data": data_cfg}))
+
+    data = load_dataset(data_cfg, seed=saved.seed)
+    x, y = getattr(data, f"x_{split}").to(device), getattr(data, f"y_{split}").to(device)
+    model = build_model(saved, ckpt["model"], data.in_features, data.num_classes, path)
+    model = model.to(device)
+    try:
+        criterion = instantiate(saved.loss.criterion)
+    except Exception as err:
+        raise CheckpointError(f"Cannot build the loss of {path}: {err.__cause__ or err}") from err
+    bf16 = str(saved.trainer.precision) == "bf16"
+
+    # loss and accuracy exactly as train() measures them; the confusion matrix from logits
+    loss, acc = evaluate(model, x, y, criterion, bf16)
+    predicted = logits(model, x, bf16).argmax(dim=1)
+    n = data.num_classes
+    confusion = torch.bincount(y * n + predicted, minlength=n * n).view(n, n).cpu()
+    support = confusion.sum(dim=1)
+    per_class = [
+        None if s == 0 else c / s for c, s in zip(confusion.diag().tolist(), support.tolist())
+    ]
+    result = {
+        "split": split,
+        f"{split}/loss": loss if math.isfinite(loss) else None,
+        f"{split}/acc": acc,
+        "per_class_acc": per_class,
+        "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted
+        "num_images": len(y),
+        "checkpoint": str(path.resolve()),
+        "epoch": ckpt["epoch"],
+        "data_overrides": given,
+        "data": OmegaConf.to_container(data_cfg),
+        "device": str(device),
+    }
+
+    noise = f", test_noise_std {data_cfg.test_noise_std}" if split == "test" else ""
+    log.info("Checkpoint %s (epoch %d)", path, ckpt["epoch"])
+    log.info("Data %s, %s split: %d images%s", data_cfg.name, split, len(y), noise)
+    log.info("%s/acc %.4f  %s/loss %.4f", split, acc, split, loss)
+    log.info(
+        "per-class acc:  %s",
+        "  ".join(f"{c}: {'-' if a is None else f'{a:.3f}'}" for c, a in enumerate(per_class)),
+    )
+    atomic_write_json(result, out_dir / "eval.json")
+    title = f"{data_cfg.name} {split}{noise}: acc {acc:.4f} (epoch {ckpt['epoch']})"
+    plot_confusion(confusion, title).savefig(out_dir / "confusion_matrix.png", dpi=120)
+    log.info("Outputs in %s", out_dir)
+    return result
+
+
+def plot_confusion(confusion: torch.Tensor, title: str) -> Figure:
+    """A confusion matrix as a heat map with the count in each cell; rows are the true class."""
+    n = len(confusion)
+    fig = Figure(figsize=(1.5 + 0.55 * n, 1.0 + 0.5 * n), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(confusion.numpy(), cmap="Blues")
+    dark = confusion.max().item() / 2
+    for t in range(n):
+        for p in range(n):
+            count = confusion[t, p].item()
+            color = "white" if count > dark else "black"
+            ax.text(p, t, str(count), ha="center", va="center", color=color, fontsize=8)
+    ax.set_xticks(range(n), [str(c) for c in range(n)])
+    ax.set_yticks(range(n), [str(c) for c in range(n)])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def run_eval(cfg: DictConfig) -> float:
+    """What scripts/eval.py does: a user error prints `error: ...` and leaves no files."""
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    try:
+        result = evaluate_checkpoint(cfg, out_dir, list(hc.overrides.task))
+    except UserError as err:
+        remove_unstarted(out_dir, HYDRA_FILES)
+        raise SystemExit(f"error: {err}") from None
+    except SystemExit:  # Ctrl-C (see scripts/eval.py)
+        remove_unstarted(out_dir, HYDRA_FILES)
+        raise
+    return result[f"{cfg.split}/acc"]
+
+
+class EvalChecks(Callback):
+    """Before Hydra writes anything: an evaluation never writes into a run or over another."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_output_dir(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        check_output_dir(sweep_dir, "hydra.sweep.dir")
+        for job in sweep_dir.iterdir():
+            if job.is_dir():
+                check_output_dir(job, "hydra.sweep.dir")
+
+
+def check_output_dir(folder: Path, key: str) -> None:
+    if holds_a_run(folder):
+        raise PreflightError(
+            f"{folder} holds a training run: an evaluation never writes into one. Leave out "
+            f"{key} (evaluations go to outputs/eval/), or choose another directory."
+        )
+    if (folder / "eval.json").exists():
+        raise PreflightError(f"{folder} already holds an evaluation: choose another {key}.")
+    check_writable(folder, key)
+
+
+# --- scripts/predict.py -----------------------------------------------------------------
+
+
+def read_images(path: Path, side: int) -> tuple[list[str], torch.Tensor]:
+    """(names, uint8 images (N, side*side)) of a folder of PNGs, one PNG or an .npy file."""
+    if not path.exists():
+        raise DataError(
+            f"images={path}: no such file or folder. Give a folder of .png images, a .png "
+            f"file, or an .npy file of shape (N, {side}, {side}) or (N, {side * side})."
+        )
+    if path.is_dir() or path.suffix.lower() == ".png":
+        files = [path]
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+        if not files:
+            raise DataError(
+                f"images={path}: the folder holds no .png files. Give a folder of .png "
+                f"images or an .npy file."
+            )
+        return [p.name for p in files], read_pngs(files, side)
+    if path.suffix.lower() != ".npy":
+        raise DataError(
+            f"images={path}: not a folder, a .png or an .npy file. Give a folder of .png "
+            f"images, a .png file, or an .npy file of uint8 pixels."
+        )
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise DataError(f"images={path}: cannot read it as an .npy array ({err}).") from err
+    if array.ndim not in (2, 3) or array.shape[1:] not in ((side, side), (side * side,)):
+        raise DataError(
+            f"images={path}: its array has shape {array.shape}; it must be (N, {side}, {side}) "
+            f"or (N, {side * side}), N images of {side}x{side} pixels."
+        )
+    if array.dtype != np.uint8:
+        raise DataError(
+            f"images={path}: its array is {array.dtype}; it must be uint8 pixels 0..255, as "
+            f"the training images were before normalization."
+        )
+    if len(array) == 0:
+        raise DataError(f"images={path}: the array holds no images.")
+    return [str(i) for i in range(len(array))], torch.from_numpy(array).reshape(len(array), -1)
+
+
+def read_pngs(files: list[Path], side: int) -> torch.Tensor:
+    """uint8 (N, side*side) of PNG files; other modes and sizes converted with PIL."""
+    from PIL import Image, UnidentifiedImageError
+
+    images, converted = [], 0
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                img.load()
+                if img.mode != "L" or img.size != (side, side):
+                    converted += 1
+                    img = img.convert("L").resize((side, side), Image.Resampling.LANCZOS)
+                images.append(np.asarray(img, dtype=np.uint8).reshape(-1))
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise DataError(f"images: cannot read {file} as a PNG image ({err}).") from err
+    if converted:
+        log.warning(
+            "%d of %d images were not %dx%d grayscale: converted to grayscale and resized "
+            "(the training digits are white on black, centered)",
+            converted,
+            len(files),
+            side,
+            side,
+        )
+    return torch.from_numpy(np.stack(images))
+
+
+def normalize_images(x: torch.Tensor, data: DictConfig, seed: int) -> torch.Tensor:
+    """uint8 images normalized as the training data was (data.normalize of the checkpoint)."""
+    x = x.float()
+    if data.normalize == "unit":
+        return x / 255
+    if data.normalize == "standard":  # the training split's mean and std, as data.py has them
+        plain = OmegaConf.merge(data, {"normalize": "none", "test_noise_std": 0.0})
+        x_train = load_dataset(plain, seed=seed).x_train
+        return (x - x_train.mean()) / x_train.std()
+    return x
+
+
+def predict_images(cfg: DictConfig) -> list[tuple[str, int, float]]:
+    """(image name, predicted class, its probability) for each image of `cfg.images`."""
+    device = resolve_device(cfg.trainer.device)
+    path = resolve_ckpt(cfg.ckpt)
+    ckpt = load_ckpt(path)
+    saved = OmegaConf.create(ckpt["config"])
+    in_features, num_classes = model_sizes(ckpt["model"])
+    side = math.isqrt(in_features)
+    if side * side != in_features:
+        raise CheckpointError(f"The model in {path} does not take square images.")
+    if cfg.images is None or str(cfg.images) == "":
+        raise ConfigError("images is not set: give images=<folder of .png files | .npy file>.")
+    names, x = read_images(Path(str(cfg.images)), side)
+    x = normalize_images(x, saved.data, saved.seed).to(device)
+    model = build_model(saved, ckpt["model"], in_features, num_classes, path).to(device)
+    probs = logits(model, x, str(saved.trainer.precision) == "bf16").softmax(dim=1)
+    best, classes = probs.max(dim=1)
+    return list(zip(names, classes.tolist(), best.tolist()))
+
+
+def run_predict(cfg: DictConfig) -> None:
+    """What scripts/predict.py does: one line per image, or `error: ...`."""
+    try:
+        rows = predict_images(cfg)
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    width = max(len("image"), *(len(name) for name, _, _ in rows))
+    print(f"{'image':<{width}}  class  probability")
+    for name, cls, prob in rows:
+        print(f"{name:<{width}}  {cls:>5}  {prob:.4f}")
