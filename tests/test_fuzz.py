@@ -167,6 +167,10 @@ def expected(drawn: dict[str, Drawn]) -> tuple[str | None, set[str]]:
     implied = "max" if monitor.endswith("/acc") else "min"
     if mode in ("min", "max") and "trainer.early_stopping.monitor" not in stage and mode != implied:
         stage["trainer.early_stopping.mode"] = "validate"
+    device = str(value.get("trainer.device", "cpu"))
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if value.get("trainer.cuda_graphs") is True and on_cpu and "trainer.device" not in stage:
+        stage["trainer.cuda_graphs"] = "validate"  # graphs need a CUDA device
     train_size, val_size = value["data.train_size"], value["data.val_size"]
     sizes_valid = not any(k in stage for k in ("data.train_size", "data.val_size"))
     if sizes_valid and train_size is not None and train_size > MNIST_5K_TRAIN - val_size:

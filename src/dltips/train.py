@@ -181,7 +181,8 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
             time.perf_counter() - captured,
         )
     if len(runs) > 1:
-        log.info("Training %d runs together as one batched model", len(runs))
+        for run in runs:
+            run.log.info("Training %d runs together as one batched model", len(runs))
     progress = tqdm(
         range(start_epoch + 1, max_epochs + 1),
         desc="epochs",
