@@ -7,6 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from dltips.optuna_plots import plot_search
 from dltips.plots import plot_sweep
 
 
@@ -19,7 +20,8 @@ def main() -> None:
     if not args.dir.is_dir():
         parser.error(f"{args.dir} is not a directory")
     try:
-        for path in plot_sweep(args.dir, args.out):
+        # an Optuna search (optuna.db in DIR) adds its history and parameter importances
+        for path in [*plot_sweep(args.dir, args.out), *plot_search(args.dir, args.out)]:
             print(f"Wrote {path}")
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None

@@ -14,6 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from dltips.pruning import SWEEPER as OPTUNA_SWEEPER
 from dltips.resume import override_arg
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -136,6 +137,8 @@ class StartChecks(Callback):
 
 def check_resumed_sweep(config: DictConfig, sweep_dir: Path) -> None:
     """Every job that already has a dir must be given the overrides it was started with."""
+    if config.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER:
+        return  # it checks its study before any trial: the same search, no job dir reused
     jobs = sweep_jobs(config)
     if jobs is None:
         raise PreflightError(

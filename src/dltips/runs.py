@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # every monitor early stopping accepts is a column, so a summary can sort by it
 METRIC_COLUMNS = ["train/loss", "train/acc", "val/acc", "test/acc", "val/loss", "test/loss"]
-DONE = ("completed", "diverged")  # statuses a resumed sweep does not run again
+DONE = ("completed", "diverged", "pruned")  # statuses a resumed sweep does not run again
 # overrides that say how to run, not what: never a column of the summary
 NOT_SETTINGS = ("trainer.resume", "sweep.resume", "trainer.device", "trainer.num_threads")
 # what train() writes into metrics.json, by type (a failed job writes only status and error)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from dltips.checkpoint import atomic_write_json
 from dltips.early_stopping import metric_mode
+from dltips.pruning import search_storage, study_summary
 from dltips.runs import DONE, summarize
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ class SummaryCallback(Callback):
         es = config.trainer.early_stopping
         try:
             runs = summarize(sweep_dir, monitor=es.monitor, mode=metric_mode(es.monitor, es.mode))
+            search = search_storage(config)  # an Optuna search: its best trial, pruned trials
+            if search:
+                with (sweep_dir / "summary.md").open("a") as f:
+                    f.write("\n" + study_summary(*search))
             log.info("Sweep summary: %s", sweep_dir / "summary.md")
         except Exception as err:  # a summary must never turn a finished sweep into a failure
             log.error("Could not write the sweep summary in %s: %s", sweep_dir, err)

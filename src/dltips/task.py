@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dltips.errors import Interrupted, UserError
 from dltips.preflight import check_same_job, holds_a_run
+from dltips.pruning import TrialPruning
 from dltips.resume import override_arg
 from dltips.runs import finished_metrics
 from dltips.sweep import record_failure, threads_per_job
@@ -78,7 +79,8 @@ def prepare_job(
             cfg = OmegaConf.merge(cfg, {"trainer": {"resume": str(run_dir)}})
     elif holds_a_run(run_dir):
         raise SystemExit(f"error: {run_dir} already holds a run; resume the sweep instead.")
-    return Job(cfg, run_dir, override_arg("sweep.resume", sweep_dir))
+    pruning = TrialPruning.from_hydra(HydraConfig.get())  # None unless an Optuna search prunes
+    return Job(cfg, run_dir, override_arg("sweep.resume", sweep_dir), pruning=pruning)
 
 
 def train_jobs(jobs: list[Job]) -> list[float]:

@@ -35,6 +35,7 @@ from dltips.early_stopping import EarlyStopping
 from dltips.errors import CheckpointError, ConfigError, Interrupted, OutputError
 from dltips.losses import check_criterion
 from dltips.models import layer_names
+from dltips.pruning import TrialPruning
 from dltips.resume import check_same_run, override_arg, rng_state
 from dltips.runs import finished_metrics
 from dltips.signals import catch_stop_signals
@@ -82,6 +83,7 @@ class Job:
     run_dir: Path
     resume_hint: str | None = None  # default: trainer.resume=<run dir>
     log: logging.Logger = field(default_factory=lambda: log)
+    pruning: TrialPruning | None = None  # a trial of an Optuna search that may be pruned
 
 
 def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dict[str, Any]:
@@ -268,6 +270,7 @@ class Run:
             self.run_dir = resumed_dir or self.run_dir  # keep writing into the run we continue
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume_hint = job.resume_hint or override_arg("trainer.resume", self.run_dir)
+        self.pruning = job.pruning
 
         # data: decoded once (cached), split, and moved to the device in one go
         torch.manual_seed(cfg.seed)
@@ -466,6 +469,18 @@ class Run:
                 self.stopper.patience,
                 self.stopper.best,
                 self.stopper.best_epoch,
+            )
+            self.finish()
+        # a trial of an Optuna search: the study's pruner compares this epoch with the others'
+        elif self.pruning is not None and self.pruning.should_prune(
+            epoch, metrics[self.stopper.monitor]
+        ):
+            self.status = "pruned"
+            self.log.info(
+                "Pruned at epoch %d: %s %.4f",
+                epoch,
+                self.stopper.monitor,
+                metrics[self.stopper.monitor],
             )
             self.finish()
 
