@@ -214,6 +214,22 @@ def _what_is_wrong(ckpt: Any) -> str | None:
     return None
 
 
+def continued_run_dir(resume: str | None) -> Path | None:
+    """The run dir that `trainer.resume=<resume>` keeps writing into, or None for a new one.
+
+    A run dir continues itself; a checkpoint inside a run's checkpoints/ folder continues
+    that run; any other checkpoint file (or a path that does not exist) starts a new dir.
+    """
+    if resume is None:
+        return None
+    path = Path(str(resume))
+    if path.is_dir():
+        return path
+    if path.is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent
+    return None
+
+
 def resolve_resume(resume: str) -> tuple[Path, Path | None]:
     """(checkpoint file, run dir to keep writing into) for a trainer.resume value.
 
@@ -234,6 +250,4 @@ def resolve_resume(resume: str) -> tuple[Path, Path | None]:
             f"trainer.resume={resume}: no such run directory or checkpoint file. "
             f"Run directories are under outputs/DATE/TIME/ (or outputs/multirun/...)."
         )
-    if path.parent.name == "checkpoints":
-        return path, path.parent.parent
-    return path, None
+    return path, continued_run_dir(resume)

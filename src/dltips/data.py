@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
-from torch.utils.data import Sampler
 
 from dltips.checkpoint import atomic_save, find_os_error
 from dltips.errors import ConfigError, DataError, OutputError
@@ -45,20 +44,6 @@ class DataSplits:
     def to(self, device: torch.device) -> "DataSplits":
         """Move every split to `device` at once (the whole data set fits on a GPU)."""
         return DataSplits(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
-
-
-class ShuffledBatches(Sampler):
-    """Index tensors of shuffled batches: a DataLoader over a TensorDataset then forms each
-    batch with one gather, with no per-sample Python work."""
-
-    def __init__(self, size: int, batch_size: int, generator: torch.Generator) -> None:
-        self.size, self.batch_size, self.generator = size, batch_size, generator
-
-    def __iter__(self):
-        return iter(torch.randperm(self.size, generator=self.generator).split(self.batch_size))
-
-    def __len__(self) -> int:
-        return -(-self.size // self.batch_size)
 
 
 def stratified_holdout(

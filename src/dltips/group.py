@@ -11,7 +11,6 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -110,9 +109,3 @@ def describe(groups: list[list[int]], numbers: list[int]) -> str:
         for g in groups
     ]
     return f"{len(groups)} group{'s' * (len(groups) != 1)}: " + " | ".join(parts)
-
-
-def settings_summary(cfg: DictConfig) -> dict[str, Any]:
-    """The per-run settings of a job, for the log line of its group."""
-    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-    return {k: v for k, v in flat.items() if _per_run(k) and not k.endswith("resume")}

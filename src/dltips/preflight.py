@@ -16,10 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from dltips.pruning import SWEEPER as OPTUNA_SWEEPER
 from dltips.resume import override_arg
+from dltips.runs import recorded_overrides, settings_of
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-# overrides that say how to run a job, not what it is: they may differ when a sweep resumes
-HOW_TO_RUN = ("sweep.resume", "trainer.resume", "trainer.device", "trainer.num_threads")
 
 
 class PreflightError(SystemExit):
@@ -27,19 +26,6 @@ class PreflightError(SystemExit):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"error: {message}")
-
-
-def settings_of(overrides: list[str]) -> dict[str, str]:
-    """{key: value} of a job's override strings, without the ones that say how to run it."""
-    pairs = (o.split("=", 1) for o in overrides if "=" in o)
-    settings = {k.lstrip("+~"): v for k, v in pairs}
-    return {k: v for k, v in settings.items() if k not in HOW_TO_RUN}
-
-
-def recorded_overrides(job_dir: Path) -> list[str] | None:
-    """The overrides a job was started with (its .hydra/overrides.yaml), or None."""
-    path = job_dir / ".hydra" / "overrides.yaml"
-    return list(OmegaConf.load(path)) if path.is_file() else None
 
 
 def check_same_job(job_dir: Path, overrides: list[str], sweep_dir: Path) -> None:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dltips.resume import continued_run_dir
-
 
 def if_null(value, default):
     """`value`, or `default` when it is null: hydra.sweep.dir is sweep.resume when given."""
@@ -19,6 +17,8 @@ def if_null(value, default):
 def run_dir(resume, default: str) -> str:
     """hydra.run.dir: the run that `trainer.resume` continues (its train.log goes on), else
     a new `default` dir."""
+    from dltips.checkpoint import continued_run_dir  # torch: only when a run is set up
+
     continued = continued_run_dir(resume)
     return str(continued) if continued is not None else default
 

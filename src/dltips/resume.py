@@ -35,22 +35,6 @@ RESUMABLE = (
 )
 
 
-def continued_run_dir(resume: str | None) -> Path | None:
-    """The run dir that `trainer.resume=<resume>` keeps writing into, or None for a new one.
-
-    A run dir continues itself; a checkpoint inside a run's checkpoints/ folder continues
-    that run; any other checkpoint file (or a path that does not exist) starts a new dir.
-    """
-    if resume is None:
-        return None
-    path = Path(str(resume))
-    if path.is_dir():
-        return path
-    if path.is_file() and path.parent.name == "checkpoints":
-        return path.parent.parent
-    return None
-
-
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}: every leaf of a nested config under its dotted key."""
     flat = {}

@@ -101,12 +101,17 @@ def finished_metrics(run_dir: Path) -> dict[str, Any] | None:
     return metrics if metrics and metrics["status"] in DONE else None
 
 
-def _overrides(run_dir: Path) -> dict[str, str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return {}
-    pairs = (o.split("=", 1) for o in OmegaConf.load(path) if "=" in o)
-    return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in NOT_SETTINGS}
+def settings_of(overrides: list[str]) -> dict[str, str]:
+    """{key: value} of a run's override strings, without the ones that say how to run it."""
+    pairs = (o.split("=", 1) for o in overrides if "=" in o)
+    settings = {k.lstrip("+~"): v for k, v in pairs}
+    return {k: v for k, v in settings.items() if k not in NOT_SETTINGS}
+
+
+def recorded_overrides(run_dir: Path) -> list[str] | None:
+    """The overrides a run was started with (its .hydra/overrides.yaml), or None."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    return list(OmegaConf.load(path)) if path.is_file() else None
 
 
 def collect_runs(root: Path) -> pd.DataFrame:
@@ -126,7 +131,10 @@ def collect_runs(root: Path) -> pd.DataFrame:
             log.warning("Skipped %s; fix the file or train the run again.", err)
             skipped.append(run_dir / "metrics.json")
             continue
-        row = {"run": run_dir.relative_to(root).as_posix() or ".", **_overrides(run_dir)}
+        row = {
+            "run": run_dir.relative_to(root).as_posix() or ".",
+            **settings_of(recorded_overrides(run_dir) or []),
+        }
         row["status"] = metrics.get("status", "unfinished")
         row.update({k: metrics.get(k) for k in METRIC_COLUMNS})
         row["best_epoch"] = metrics.get("best_epoch")

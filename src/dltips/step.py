@@ -56,18 +56,18 @@ class EpochSums:
 
 
 def forward_members(
-    models: list[nn.Module],
+    linears: list[list[nn.Linear]],
+    activations: list[nn.Module],
     x: torch.Tensor,
-    dropout: list[float],
+    dropout: list[float] | None,
     generators: list[torch.Generator] | None,
 ) -> torch.Tensor:
-    """(K, B, classes) logits of K same-shaped build_mlp networks on (K, B, features) inputs.
+    """(K, B, classes) logits of K same-shaped build_mlp networks on (K, B, features) inputs:
+    `linears` holds each member's linear layers, `activations` the hidden activations.
 
-    Each member's dropout draws its masks from its own generator (in train mode).
+    Each member's dropout draws its masks from its own generator (when `generators` is
+    given: in train mode).
     """
-    linears = [linear_layers(m) for m in models]
-    activations = [m for m in models[0] if not isinstance(m, nn.Linear | nn.Dropout)]
-    training = models[0].training and generators is not None and any(dropout)
     h = x
     for i in range(len(linears[0])):
         weight = torch.stack([layers[i].weight for layers in linears])  # (K, out, in)
@@ -75,7 +75,7 @@ def forward_members(
         h = torch.baddbmm(bias, h, weight.transpose(1, 2))
         if i < len(activations):
             h = activations[i](h)
-            if training:
+            if generators is not None and dropout:
                 h = h * _dropout_masks(h, dropout, generators)
     return h
 
@@ -120,7 +120,13 @@ class TrainStep:
         self.dropout, self.generators = dropout or [0.0] * k, generators
         self.bf16 = bf16
         self.params = [list(m.parameters()) for m in models]
-        self.weights = [layer.weight for m in models for layer in linear_layers(m)]
+        self.linears = [linear_layers(m) for m in models]
+        self.weights = [layer.weight for layers in self.linears for layer in layers]
+        # the hidden activations, shared by a group's members (one activation class)
+        self.activations = (
+            [m for m in models[0] if not isinstance(m, nn.Linear | nn.Dropout)] if k > 1 else []
+        )
+        self.any_dropout = any(self.dropout)
         device = self.params[0][0].device
         self.device_type = device.type
         # one slot per step and member: the loss sum and the divergence check come from it
@@ -145,7 +151,14 @@ class TrainStep:
                 logits = self.models[0](x)
                 loss = self.criteria[0](logits, y)
             else:
-                logits = forward_members(self.models, x, self.dropout, self.generators)
+                training = self.models[0].training and self.any_dropout
+                logits = forward_members(
+                    self.linears,
+                    self.activations,
+                    x,
+                    self.dropout,
+                    self.generators if training else None,
+                )
                 loss = torch.stack([c(logits[k], y[k]) for k, c in enumerate(self.criteria)])
         # a sum of the members' losses: each member's gradient comes from its own loss only
         objective = loss.sum() if loss.dim() else loss

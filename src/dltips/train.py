@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ class Job:
     cfg: DictConfig
     run_dir: Path
     resume_hint: str | None = None  # default: trainer.resume=<run dir>
-    log: logging.Logger = field(default_factory=lambda: log)
+    log: logging.Logger = log
     pruning: TrialPruning | None = None  # a trial of an Optuna search that may be pruned
 
 
@@ -304,6 +304,11 @@ class Run:
         self.optimizer: torch.optim.Optimizer | None = None
         self.index = 0
 
+    @property
+    def batched(self) -> bool:
+        """Whether this run trains in a group with others (one param group each)."""
+        return len(self.optimizer.param_groups) > 1
+
     def optim_settings(self) -> dict[str, Any]:
         """This run's optimizer hyperparameters (lr, betas, ...), for its param group."""
         settings = OmegaConf.to_container(self.cfg.optim, resolve=True)
@@ -390,7 +395,7 @@ class Run:
         """Everything a resumed run needs: tensors and plain values only."""
         full = optimizer_state or self.optimizer.state_dict()
         rng = rng_state(self.shuffle, self.device)
-        if self.index or len(full["param_groups"]) > 1:  # a batched run's own dropout stream
+        if self.batched:  # a batched run draws dropout masks from its own stream
             rng["dropout"] = self.dropout_rng.get_state()
         return {
             "epoch": epoch,
@@ -522,7 +527,7 @@ class Run:
             "num_threads": torch.get_num_threads(),
             "history": self.history,
         }
-        if self.optimizer is not None and len(self.optimizer.param_groups) > 1:
+        if self.batched:
             result["batch"] = {"members": len(self.optimizer.param_groups), "member": self.index}
         self.result = _json_safe(result)
         atomic_write_json(self.result, self.run_dir / "metrics.json")
