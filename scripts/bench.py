@@ -128,8 +128,9 @@ def dltips_epochs(
     return train(cfg, out)["epoch_seconds"]
 
 
-def first_step_seconds(root: Path, device: str, out: Path) -> tuple[float, float]:
-    """(seconds from `python scripts/train.py` to its first training step, peak RSS in MiB).
+def first_step_seconds(root: Path, device: str, out: Path) -> tuple[float, float, str]:
+    """(seconds from `python scripts/train.py` to its first training step, peak RSS in MiB,
+    the run's own start-up split from its train.log).
 
     The first step follows right after checkpoints/last.pt of epoch 0 appears, so the time
     is measured from outside, with no hook in the product.
@@ -141,6 +142,7 @@ def first_step_seconds(root: Path, device: str, out: Path) -> tuple[float, float
         f"trainer.device={device}",
         "trainer.max_epochs=1",
         f"hydra.run.dir={out}",
+        "hydra.verbose=dltips.train",  # its debug line: where the start-up went
     ]
     env = {**os.environ, "DLTIPS_DATA_DIR": str(root)}
     subprocess.run(command, env=env, capture_output=True, check=True)  # fills the data cache
@@ -153,7 +155,12 @@ def first_step_seconds(root: Path, device: str, out: Path) -> tuple[float, float
     ready = time.perf_counter() - start
     proc.wait()
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return ready, peak
+    log = (out / "train.log").read_text() if (out / "train.log").exists() else ""
+    split = next(
+        (line.split("Start-up took ")[1] for line in log.splitlines() if "Start-up took " in line),
+        "",
+    )
+    return ready, peak, split
 
 
 def import_torch_seconds() -> float:
@@ -163,9 +170,15 @@ def import_torch_seconds() -> float:
     return time.perf_counter() - start
 
 
-def batched_vs_sequential(members: int, width: int, epochs: int, device: str, out: Path) -> dict:
-    """Model-epochs per second of `members` runs (seeds 0..K-1) trained one after another
-    in this process, and trained together as one batched group (mnist_5k, Adam, batch 100)."""
+def batched_vs_sequential(
+    members: int, width: int, epochs: int, device: str, out: Path, alone: int | None = None
+) -> dict:
+    """Model-epochs per second of runs (seeds 0..K-1) trained one after another in this
+    process, and of all K trained together as one batched group (mnist_5k, Adam, batch 100).
+
+    `alone` times only that many of the solo runs (their rate is what counts; 128 solo runs
+    would take longer than the group they are compared with). On CUDA the solo runs are timed
+    both eager and as CUDA graphs (a group always steps eagerly)."""
     from hydra import compose, initialize_config_dir
 
     from dltips.train import Job, train, train_group
@@ -179,23 +192,32 @@ def batched_vs_sequential(members: int, width: int, epochs: int, device: str, ou
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfgs = [compose("train", overrides=[*overrides, f"seed={k}"]) for k in range(members)]
+        solo = cfgs[: alone or members]
+        eager = [
+            compose("train", overrides=[*overrides, f"seed={k}", "trainer.cuda_graphs=false"])
+            for k in range(len(solo))
+        ]
     train(cfgs[0], out / "warmup")  # the data cache and lazy imports, before timing
-    start = time.perf_counter()
-    for k, cfg in enumerate(cfgs):
-        train(cfg, out / f"seq{k}")
-    sequential = time.perf_counter() - start
+
+    def rate(configs: list, name: str) -> float:
+        start = time.perf_counter()
+        for k, cfg in enumerate(configs):
+            train(cfg, out / f"{name}{k}")
+        return len(configs) * epochs / (time.perf_counter() - start)
+
+    result = {"members": members, "width": width, "epochs": epochs, "device": device}
+    if device.startswith("cuda"):
+        result["alone_eager_model_epochs_per_s"] = rate(eager, "eager")
+        result["alone_graphed_model_epochs_per_s"] = rate(solo, "graphed")
+        alone_rate = result["alone_eager_model_epochs_per_s"]
+    else:
+        alone_rate = rate(solo, "seq")
+    result["sequential_model_epochs_per_s"] = alone_rate
     start = time.perf_counter()
     train_group([Job(cfg, out / f"grp{k}") for k, cfg in enumerate(cfgs)])
-    batched = time.perf_counter() - start
-    work = members * epochs
-    return {
-        "members": members,
-        "width": width,
-        "epochs": epochs,
-        "sequential_model_epochs_per_s": work / sequential,
-        "batched_model_epochs_per_s": work / batched,
-        "batched_vs_sequential": sequential / batched,
-    }
+    result["batched_model_epochs_per_s"] = members * epochs / (time.perf_counter() - start)
+    result["batched_vs_sequential"] = result["batched_model_epochs_per_s"] / alone_rate
+    return result
 
 
 def main() -> None:
@@ -209,19 +231,27 @@ def main() -> None:
         "--members", type=int, help="time K runs alone against one batched group of K instead"
     )
     parser.add_argument("--width", type=int, default=128, help="hidden width for --members")
+    parser.add_argument(
+        "--alone", type=int, help="with --members: time only this many solo runs (default: K)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.members:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["DLTIPS_DATA_DIR"] = str(Path(tmp) / "data")
             result = batched_vs_sequential(
-                args.members, args.width, args.epochs, args.device, Path(tmp)
+                args.members, args.width, args.epochs, args.device, Path(tmp), args.alone
             )
         print(
             f"{args.members} runs of 784-{args.width}-{args.width}-10, {args.epochs} epochs "
             f"on mnist_5k ({device}): alone {result['sequential_model_epochs_per_s']:.2f}, "
             f"batched {result['batched_model_epochs_per_s']:.2f} model-epochs/s: "
             f"{result['batched_vs_sequential']:.2f}x"
+            + (
+                f" (alone = eager; graphed alone: {result['alone_graphed_model_epochs_per_s']:.2f})"
+                if "alone_graphed_model_epochs_per_s" in result
+                else ""
+            )
         )
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         return
@@ -286,13 +316,15 @@ def main() -> None:
         if device.type == "cuda":
             results["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
 
-        ready, peak = first_step_seconds(tmp / "data", args.device, tmp / "cli")
+        ready, peak, split = first_step_seconds(tmp / "data", args.device, tmp / "cli")
         results["first_step_s"] = ready
+        results["startup_split"] = split
         results["import_torch_s"] = import_torch_seconds()
         results["train_py_peak_rss_mib"] = peak
         print(
             f"python scripts/train.py: first training step after {ready:.2f} s, "
             f"peak memory {peak:.0f} MiB (a bare `import torch`: {results['import_torch_s']:.2f} s)"
+            f"\n  inside train(): {split}"
         )
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"Wrote {args.json}")
