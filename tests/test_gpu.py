@@ -4,6 +4,7 @@ Skipped without a GPU; `make gpu-check` runs these and the GPU benchmark in one 
 """
 
 import json
+import logging
 
 import pytest
 import torch
@@ -38,12 +39,14 @@ def test_graphed_epochs_match_eager_ones(tmp_path):
 
 @pytest.mark.parametrize("optim", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"])
 def test_every_capturable_optimizer_trains_under_a_graph(tmp_path, optim, caplog):
+    caplog.set_level(logging.INFO, logger="dltips")
     metrics = train(make_cfg(*CUDA, f"optim={optim}", "trainer.cuda_graphs=true"), tmp_path)
     assert "as one CUDA graph" in caplog.text
     assert metrics["status"] == "completed" and metrics["test/acc"] > 0.5
 
 
 def test_adagrad_falls_back_to_eager_with_one_line(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dltips")
     metrics = train(make_cfg(*CUDA, "optim=adagrad", "trainer.cuda_graphs=true"), tmp_path)
     assert caplog.text.count("cannot step inside a CUDA graph") == 1
     assert metrics["status"] == "completed"
@@ -80,6 +83,7 @@ def test_cuda_run_with_dropout_resumes_exactly(tmp_path, graphs):
 
 
 def test_divergence_under_a_graph_names_epoch_and_step(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dltips")
     cfg = make_cfg(
         *CUDA, "optim=sgd", "optim.lr=1e6", "data.normalize=none", "trainer.cuda_graphs=true"
     )

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from conftest import make_cfg
 from dltips.data import load_dataset
@@ -12,11 +13,12 @@ from dltips.step import (
     Rewind,
     TrainStep,
     batch_sizes,
+    device_options,
     epoch_batches,
     run_epoch,
     supports_capture,
 )
-from dltips.train import train
+from dltips.train import OPTIMIZER_WIDE, train
 
 
 def build(*overrides: str):
@@ -116,6 +118,22 @@ def test_which_optimizers_can_step_inside_a_cuda_graph():
     assert supports_capture(torch.optim.Adam) and supports_capture(torch.optim.AdamW)
     assert supports_capture(torch.optim.RMSprop) and supports_capture(torch.optim.SGD)
     assert not supports_capture(torch.optim.Adagrad)  # its step count stays on the CPU
+
+
+def test_optimizer_options_fit_the_device():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    # torch has a fused Adagrad for the CPU only: on CUDA the configured fused=true is dropped
+    assert device_options(torch.optim.Adagrad, cuda, True, graphed=False) == {"fused": None}
+    assert device_options(torch.optim.Adagrad, cpu, True, graphed=False) == {}
+    assert device_options(torch.optim.Adam, cuda, True, graphed=True) == {"capturable": True}
+    assert device_options(torch.optim.SGD, cuda, True, graphed=True) == {}  # no step counter
+    # the options reach every param group: a run's settings never carry fused=true along
+    cfg = make_cfg("optim=adagrad")
+    settings = OmegaConf.to_container(cfg.optim)
+    group = {k: v for k, v in settings.items() if k not in OPTIMIZER_WIDE}
+    params = [{"params": [torch.zeros(2, requires_grad=True)], **group}]
+    optimizer = instantiate(cfg.optim)(params=params, fused=None)  # Adagrad's options on CUDA
+    assert not optimizer.param_groups[0]["fused"]
 
 
 def test_cuda_graphs_on_the_cpu_is_a_config_error():

@@ -1,6 +1,7 @@
 """Checks of a composed config, so that a bad value fails before any training starts."""
 
 import difflib
+import functools
 import importlib
 import math
 import re
@@ -42,17 +43,22 @@ def known_keys(group: str | None = None) -> list[str]:
     Top level: train.yaml's own keys and the groups its defaults list picks an option of,
     i.e. the top-level keys of the composed config.
     """
+    return list(_known_keys(group))
+
+
+@functools.cache  # read once per process: a batched group validates hundreds of configs
+def _known_keys(group: str | None) -> tuple[str, ...]:
     if group is None:
         train = OmegaConf.load(CONF_DIR / "train.yaml")
         groups = [k for d in train.defaults if isinstance(d, DictConfig) for k, v in d.items() if v]
-        return [k for k in train if k not in ("defaults", "hydra")] + groups
+        return (*[k for k in train if k not in ("defaults", "hydra")], *groups)
     node, _, sub = group.partition(".")
     keys: dict[str, None] = {}
     for path in sorted((CONF_DIR / node).glob("*.yaml")):
         option = OmegaConf.load(path)
         option = OmegaConf.select(option, sub) if sub else option
         keys.update(dict.fromkeys(option or {}))
-    return list(keys)
+    return tuple(keys)
 
 
 def _unknown_keys(node: object, known: list[str], prefix: str = "") -> list[str]:

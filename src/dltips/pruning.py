@@ -11,7 +11,6 @@ number (hydra.job.num) is its trial's number: the sweeper launches trial N as jo
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from omegaconf import DictConfig
 
 from dltips.runs import markdown_table
@@ -154,6 +153,8 @@ def study_summary(url: str, study_name: str | None = None) -> str:
     if not counts[TrialState.COMPLETE]:
         return "\n".join([*lines, "No trial completed, so there is no best trial.", ""])
     best = study.best_trial
+    import pandas as pd
+
     params = pd.DataFrame(
         {
             "parameter": list(best.params),

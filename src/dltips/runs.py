@@ -5,12 +5,14 @@ import logging
 import math
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from omegaconf import OmegaConf
 
 from dltips.early_stopping import metric_mode
+
+if TYPE_CHECKING:  # pandas takes ~0.3 s to import: only the tables below need it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +116,14 @@ def recorded_overrides(run_dir: Path) -> list[str] | None:
     return list(OmegaConf.load(path)) if path.is_file() else None
 
 
-def collect_runs(root: Path) -> pd.DataFrame:
+def collect_runs(root: Path) -> "pd.DataFrame":
     """One row per run dir under `root` (a dir with .hydra/ or metrics.json), any status.
 
     A run without metrics.json is `unfinished`. A run whose metrics.json is damaged is left
     out with a warning naming the file; `.attrs["skipped"]` lists those files.
     """
+    import pandas as pd
+
     root = Path(root)
     dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
     dirs |= {p.parent for p in root.rglob("metrics.json")}
@@ -150,7 +154,7 @@ def collect_runs(root: Path) -> pd.DataFrame:
 
 
 def no_runs_message(
-    root: Path, runs: pd.DataFrame, what: str = "runs (folders with metrics.json or .hydra/)"
+    root: Path, runs: "pd.DataFrame", what: str = "runs (folders with metrics.json or .hydra/)"
 ) -> str:
     """Why a table of runs is empty: nothing there, or only damaged metrics.json files."""
     skipped = runs.attrs.get("skipped", [])
@@ -166,8 +170,9 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in path.parts]
 
 
-def split_settings(runs: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+def split_settings(runs: "pd.DataFrame") -> tuple[list[str], dict[str, str]]:
     """(override keys that vary between runs, override values that all runs share)."""
+
     fixed = {"run", "status", "best_epoch", "epochs", "seconds", "error", *METRIC_COLUMNS}
     keys = [c for c in runs.columns if c not in fixed]
     # a key set in some runs and absent (NaN) in others varies too
@@ -181,6 +186,8 @@ def summarize(root: Path, monitor: str = "val/loss", mode: str | None = None) ->
 
     Sorted by `monitor`, best first; `mode` None follows the metric (*/acc max, */loss min).
     """
+    import pandas as pd
+
     root = Path(root)
     if monitor not in METRIC_COLUMNS:
         raise ValueError(f"cannot sort by {monitor!r}: choose one of {', '.join(METRIC_COLUMNS)}")
@@ -228,8 +235,10 @@ def summarize(root: Path, monitor: str = "val/loss", mode: str | None = None) ->
     return {"runs": table, "seeds": seeds}
 
 
-def seed_table(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+def seed_table(runs: "pd.DataFrame", by: list[str]) -> "pd.DataFrame":
     """Mean ± std of each metric over the seeds of every other combination of settings."""
+    import pandas as pd
+
     values = ["train/acc", "val/acc", "test/acc", "val/loss", "epochs", "seconds"]
     numeric = runs.assign(**{c: pd.to_numeric(runs[c]) for c in values})
     groups = numeric.groupby(by, sort=False, dropna=False) if by else [((), numeric)]
@@ -249,8 +258,9 @@ def seed_table(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
+def markdown_table(table: "pd.DataFrame", digits: int = 4) -> str:
     """A DataFrame as a Markdown table: floats to `digits` places, NaN and NA as empty cells."""
+    import pandas as pd
 
     def cell(v: Any) -> Any:
         if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):

@@ -243,6 +243,20 @@ def supports_capture(optimizer_class: type) -> bool:
     )
 
 
+def device_options(
+    optimizer_class: type, device: torch.device, fused: bool | None, graphed: bool
+) -> dict[str, object]:
+    """Arguments that fit the configured optimizer to the device: `capturable` to step
+    inside a CUDA graph, and no `fused` where torch has no fused kernel there (Adagrad's
+    runs on the CPU only; on CUDA torch then takes its multi-tensor path)."""
+    options: dict[str, object] = {}
+    if graphed and optimizer_class is not torch.optim.SGD:
+        options["capturable"] = True
+    if fused and device.type == "cuda" and optimizer_class is torch.optim.Adagrad:
+        options["fused"] = None
+    return options
+
+
 class Rewind:
     """Model, optimizer and RNG state saved now and put back later, in place.
 

@@ -44,6 +44,7 @@ from dltips.step import (
     GraphedEpoch,
     TrainStep,
     batch_sizes,
+    device_options,
     epoch_batches,
     run_epoch,
     supports_capture,
@@ -51,6 +52,9 @@ from dltips.step import (
 from dltips.tensorboard_log import key_hparams, log_epoch, log_hparams, open_writer
 
 log = logging.getLogger(__name__)
+# optim keys that build the optimizer rather than set a run's hyperparameters: given to the
+# constructor (fitted to the device by device_options), never per param group
+OPTIMIZER_WIDE = ("_target_", "_partial_", "fused", "foreach", "capturable", "differentiable")
 
 
 @torch.no_grad()
@@ -103,10 +107,14 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
     Returns each run's metrics, in the jobs' order.
     """
     started = time.perf_counter()
+    startup = Phases()
     first = jobs[0].cfg
     for job in jobs:
         validate(job.cfg)
     device = resolve_device(first.trainer.device)
+    if device.type == "cuda":  # start the CUDA context now, so the start-up split shows it
+        torch.zeros(1, device=device)
+    startup.mark("checks and device")
     if first.trainer.num_threads:
         torch.set_num_threads(first.trainer.num_threads)
     # denormal floats (below ~1e-38) are 10-100x slower on CPUs; weights and gradients that
@@ -123,17 +131,19 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
             optimizer_class.__name__ if len(jobs) == 1 else "A batched group",
         )
         graphed = False
-    capturable = {"capturable": True} if graphed and optimizer_class is not torch.optim.SGD else {}
+    options = device_options(optimizer_class, device, first.optim.get("fused"), graphed)
 
     # each run: resume checks, data, model, loss, early stopping (every check before writing)
     runs = [Run(job, device, bf16, started) for job in jobs]
+    startup.mark("data, model and loss")
     # one optimizer, one param group per run: each run keeps its own hyperparameters
     groups = [{"params": run.model.parameters(), **run.optim_settings()} for run in runs]
     try:
-        optimizer = instantiate(first.optim)(params=groups, **capturable)  # optim is a partial
+        optimizer = instantiate(first.optim)(params=groups, **options)  # optim is a partial
     except Exception as err:  # e.g. an argument the class does not take: +optim.foo=1
         cause = err.__cause__ or err
         raise ConfigError(f"Cannot build the model, optimizer or loss: {cause}") from err
+    startup.mark("optimizer")
     for k, run in enumerate(runs):
         run.optimizer, run.index = optimizer, k
     if any(run.resumed is not None for run in runs):
@@ -182,6 +192,7 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
             len(epoch_graph.sizes),
             time.perf_counter() - captured,
         )
+        startup.mark("CUDA graph capture")
     if len(runs) > 1:
         for run in runs:
             run.log.info("Training %d runs together as one batched model", len(runs))
@@ -194,6 +205,8 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
         disable=not sys.stderr.isatty(),
     )
     with logging_redirect_tqdm(), catch_stop_signals() as stop, opened(runs):
+        startup.mark("outputs")
+        log.debug("Start-up took %s", startup)  # shown with hydra.verbose=dltips.train
         for epoch in progress:
             active = [run for run in runs if run.active]
             if not active:  # every run stopped early or diverged
@@ -216,9 +229,10 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
                 for run in active:  # in train.log too, where a cluster job's user looks
                     run.log.warning(message)
                 raise Interrupted(stop.signum, message)
+            epoch_sums = step.read(sizes)  # the CPU waits for the GPU here, once per epoch
             seconds = time.perf_counter() - epoch_started
             optimizer_state = optimizer.state_dict() if len(runs) > 1 else None
-            for run, sums in zip(runs, step.read(sizes)):
+            for run, sums in zip(runs, epoch_sums):
                 if run.active:
                     run.end_epoch(epoch, sums, seconds, epoch_started, optimizer_state)
             logged = [
@@ -231,6 +245,21 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
             if run.active:
                 run.finish()
     return [run.result for run in runs]
+
+
+class Phases:
+    """Where start-up time goes: seconds between successive marks, named by the mark."""
+
+    def __init__(self) -> None:
+        self.last, self.seconds = time.perf_counter(), {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self.last = now - self.last, now
+
+    def __str__(self) -> str:
+        total = sum(self.seconds.values())
+        return f"{total:.2f}s: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
 
 
 def merged_optimizer_state(states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -312,7 +341,7 @@ class Run:
     def optim_settings(self) -> dict[str, Any]:
         """This run's optimizer hyperparameters (lr, betas, ...), for its param group."""
         settings = OmegaConf.to_container(self.cfg.optim, resolve=True)
-        return {k: v for k, v in settings.items() if k not in ("_target_", "_partial_")}
+        return {k: v for k, v in settings.items() if k not in OPTIMIZER_WIDE}
 
     def saved_optimizer(self) -> dict[str, Any]:
         """The optimizer state to continue from: the checkpoint's, or this run's fresh one."""
