@@ -210,16 +210,26 @@ def test_tensorboard_lists_every_run_with_scalars_and_hparams(tmp_path):
     try:
         deadline = time.monotonic() + 60
         runs = []
-        while time.monotonic() < deadline and len(runs) < 4:
+        while time.monotonic() < deadline and len(runs) < 5:
             with contextlib.suppress(OSError):
                 runs = get_json(f"{base}/runs")
             time.sleep(0.5)
-        assert sorted(runs) == ["0", "1", "2", "3"]
+        # each job is named by its swept overrides; the sweep's HParams experiment is a run too
+        assert sorted(runs) == [
+            "0/model=sigmoid,optim=sgd",
+            "1/model=sigmoid,optim=adam",
+            "2/model=relu,optim=sgd",
+            "3/model=relu,optim=adam",
+            "hparams",
+        ]
         tags = get_json(f"{base}/plugin/scalars/tags")
-        for run in runs:
-            assert {"train/loss", "val/acc", "grad_norm/hidden1", "final/test/acc"} <= set(
-                tags[run]
-            )
+        for run in sorted(runs)[:4]:
+            assert {
+                "train/loss",
+                "val/acc",
+                "weight_grad_norm_log10/hidden1",
+                "~final/test/acc",
+            } <= set(tags[run])
         groups = get_json(
             f"{base}/plugin/hparams/session_groups",
             {
@@ -233,17 +243,17 @@ def test_tensorboard_lists_every_run_with_scalars_and_hparams(tmp_path):
                     "STATUS_RUNNING",
                 ],
                 "colParams": [
-                    {"metric": {"tag": "final/test/acc", "group": ""}, "order": "ORDER_DESC"}
+                    {"metric": {"tag": "~final/test/acc", "group": ""}, "order": "ORDER_DESC"}
                 ],
             },
         )["sessionGroups"]
         assert len(groups) == 4
         summary = pd.read_csv(sweep_dir / "summary.csv").set_index("run")
         for group in groups:
-            run = int(group["name"])
+            run = int(group["name"].split("/")[0])
             assert group["hparams"]["model/activation"] in ("Sigmoid", "ReLU")
             test_acc = next(
-                m["value"] for m in group["metricValues"] if m["name"]["tag"] == "final/test/acc"
+                m["value"] for m in group["metricValues"] if m["name"]["tag"] == "~final/test/acc"
             )
             assert test_acc == pytest.approx(summary.loc[run, "test/acc"])
     finally:

@@ -12,6 +12,7 @@ from dltips.checkpoint import atomic_write_json
 from dltips.early_stopping import metric_mode
 from dltips.pruning import search_storage, study_summary
 from dltips.runs import DONE, summarize
+from dltips.tensorboard_log import log_sweep_hparams
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,16 @@ def threads_per_job(n_jobs: int | None, cores: int | None = None) -> int | None:
 
 
 class SummaryCallback(Callback):
-    """Hydra callback: summary.csv and summary.md in the sweep dir when a multirun ends."""
+    """Hydra callback: summary.csv, summary.md and the TensorBoard HParams experiment (the
+    swept keys first) in the sweep dir when a multirun ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         es = config.trainer.early_stopping
+        try:
+            log_sweep_hparams(sweep_dir)
+        except Exception as err:  # the runs' own events are intact; only the table's order
+            log.error("Could not write the HParams experiment in %s: %s", sweep_dir, err)
         try:
             runs = summarize(sweep_dir, monitor=es.monitor, mode=metric_mode(es.monitor, es.mode))
             search = search_storage(config)  # an Optuna search: its best trial, pruned trials

@@ -1,23 +1,138 @@
-"""TensorBoard logging: per-epoch scalars, per-layer gradient norms, HParams."""
+"""TensorBoard logging: per-epoch scalars, per-layer gradient norms, HParams.
 
+What `tensorboard --logdir <sweep dir>` shows without a click:
+- runs named by what the sweep varies: a sweep job writes its events into a folder of its
+  job dir named by its swept overrides, so job 0 is the run `0/model=sigmoid,optim=sgd`;
+- the learning curves first: tag groups open in name order and only the first two are open,
+  so `train/*` and `val/*` come first, then `weight_grad_norm_log10/*` (log10 of each
+  layer's gradient norm, readable where the norms span orders of magnitude), then the final
+  metrics under `~final/*` (`~` sorts last), which the HParams tab reads its values from;
+- an HParams table of the swept keys and the val/test metrics first: at its end a sweep
+  writes the experiment (which keys, which metrics, in which order) once, into
+  `<sweep dir>/hparams/`; each job writes only its own values (a session).
+"""
+
+import logging
+import math
+import re
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+
+from dltips.runs import recorded_overrides, settings_of
+
+log = logging.getLogger(__name__)
+
+FINAL = "~final/"  # tag prefix of the final metrics: sorts after every other tag group
+GRAD_NORM = "weight_grad_norm_log10/"  # sorts after train/ and val/
+# the HParams table's metric columns, in this order: validation and test first
+METRICS = ("val/acc", "test/acc", "val/loss", "test/loss", "train/acc", "train/loss")
+# a hyperparameter's protobuf Value field -> its HParams data type
+TYPES = {
+    "bool_value": "DATA_TYPE_BOOL",
+    "number_value": "DATA_TYPE_FLOAT64",
+    "string_value": "DATA_TYPE_STRING",
+}
+MAX_LABEL = 80  # characters of a run's label at most: it is a folder name
+HPARAMS_DIR = "hparams"  # the sweep's experiment: a TensorBoard run of its own
+
+
+def swept_keys(sweep_dir: Path) -> list[str] | None:
+    """The keys a sweep varies, in command-line order (a preset's `hydra.sweeper.params`
+    first), from its multirun.yaml; None when `sweep_dir` holds no sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    try:
+        hydra = OmegaConf.load(path).hydra
+        params = hydra.sweeper.get("params")
+        params = OmegaConf.to_container(params) if params else {}
+        arguments = [f"{k}={v}" for k, v in params.items()]
+        arguments += OmegaConf.to_container(hydra.overrides.task)
+        overrides = OverridesParser.create().parse_overrides(arguments)
+    except Exception as err:  # a hand-edited multirun.yaml: unnamed runs, never a failed job
+        log.warning("Cannot read the swept keys from %s (%s); runs are not named", path, err)
+        return []
+    keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    return list(dict.fromkeys(keys))
+
+
+def run_label(run_dir: Path) -> str | None:
+    """A sweep job's swept overrides as a folder name (`model=sigmoid,optim=sgd`), or None
+    for a single run, a sweep that varies nothing, or a job without `.hydra/overrides.yaml`.
+
+    Slashes and other characters a folder name cannot hold become `-`, long numbers are
+    cut to 4 significant digits, and the name to MAX_LABEL characters: the job number in
+    front of it keeps each run's name unique.
+    """
+    keys = swept_keys(Path(run_dir).parent)
+    overrides = recorded_overrides(run_dir)
+    if not keys or overrides is None:
+        return None
+    settings = settings_of(overrides)
+    label = ",".join(f"{k}={_short_value(settings[k])}" for k in keys if k in settings)
+    label = re.sub(r"[^\w.,=+\-\[\]()]", "-", label)
+    if len(label) > MAX_LABEL:
+        label = label[: MAX_LABEL - 3] + "..."
+    return label or None
+
+
+def _short_value(value: str) -> str:
+    """0.00012345678 -> 0.0001235: an Optuna trial's floats, short enough for a name."""
+    if len(value) <= 8:
+        return value
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def events_dir(run_dir: Path) -> Path:
+    """Where a run writes its events: where it wrote them before (a resumed run stays one
+    TensorBoard run), else its labelled folder in a sweep, else the run dir itself."""
+    run_dir = Path(run_dir)
+    for pattern in ("events.out.tfevents.*", "*/events.out.tfevents.*"):
+        found = sorted(run_dir.glob(pattern))
+        if found:
+            return found[0].parent
+    label = run_label(run_dir)
+    return run_dir / label if label else run_dir
+
+
+def _sweep_of(events: Path) -> Path | None:
+    """The sweep dir of a job's events dir (the job dir or a folder in it), or None."""
+    for folder in (events.parent, events.parent.parent):
+        if (folder / "multirun.yaml").is_file():
+            return folder
+    return None
 
 
 def open_writer(run_dir: Path, first_epoch: int) -> SummaryWriter:
-    """A writer on the run dir; on resume, events at or after `first_epoch` are dropped."""
-    return SummaryWriter(log_dir=str(run_dir), purge_step=first_epoch if first_epoch > 1 else None)
+    """A writer on the run's events dir; on resume, events at or after `first_epoch` are
+    dropped."""
+    return SummaryWriter(
+        log_dir=str(events_dir(run_dir)), purge_step=first_epoch if first_epoch > 1 else None
+    )
 
 
 def log_epoch(writer: SummaryWriter, epoch: int, scalars: dict[str, float]) -> None:
-    """One point per tag at step `epoch` (train/loss, val/acc, train/lr, grad_norm/hidden1...)."""
+    """One point per tag at step `epoch` (train/loss, val/acc, train/lr...); a gradient norm
+    `grad_norm/<layer>` is written as its log10, `weight_grad_norm_log10/<layer>`."""
     for tag, value in scalars.items():
-        if tag != "epoch":
-            writer.add_scalar(tag, value, epoch)
+        if tag == "epoch":
+            continue
+        if tag.startswith("grad_norm/"):
+            if not value > 0:  # a zero norm has no log; a gap says more than -inf
+                continue
+            tag, value = GRAD_NORM + tag.removeprefix("grad_norm/"), math.log10(value)
+        writer.add_scalar(tag, value, epoch)
     writer.flush()
 
 
@@ -55,16 +170,109 @@ def key_hparams(cfg: DictConfig) -> dict[str, Any]:
     return {k: "none" if v is None else v for k, v in values.items()}
 
 
+def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
+    data.version = metadata.PLUGIN_DATA_VERSION
+    plugin = SummaryMetadata.PluginData(
+        plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()
+    )
+    return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
+
+
+def _value(value: Any) -> dict[str, Any]:
+    """A hyperparameter as a google.protobuf Value's field."""
+    if isinstance(value, bool):
+        return {"bool_value": value}
+    if isinstance(value, int | float):
+        return {"number_value": value}
+    return {"string_value": str(value)}
+
+
+def experiment_summary(sessions: list[dict[str, Any]]) -> Summary:
+    """The HParams experiment: the hyperparameters whose value differs between the
+    `sessions` (all of them when none differs: a single run) and the final metrics, METRICS
+    first. TensorBoard ticks the first five hyperparameters: the ones that differ."""
+    names = list(dict.fromkeys(k for s in sessions for k in s))
+    differs = [k for k in names if len({repr(s.get(k)) for s in sessions}) > 1]
+    infos = []
+    for name in sorted(differs or names):  # in the order TensorBoard lists them
+        values = [s[name] for s in sessions if name in s]
+        kind = next(iter(_value(values[0])))
+        info = api_pb2.HParamInfo(
+            name=name, type=api_pb2.DataType.Value(TYPES[kind]), differs=name in differs
+        )
+        if kind != "number_value":  # the table's filter offers each value as a checkbox
+            for v in dict.fromkeys(values):
+                info.domain_discrete.values.add(**_value(v))
+        infos.append(info)
+    metrics = [
+        api_pb2.MetricInfo(name=api_pb2.MetricName(tag=FINAL + m), display_name=m) for m in METRICS
+    ]
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
+    return _hparams_summary(
+        metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)
+    )
+
+
 def log_hparams(
     writer: SummaryWriter, hparam_values: dict[str, Any], final: dict[str, float], step: int
 ) -> None:
-    """Fill the HParams tab of this run (not a sub-run) with its hyperparameters and metrics.
+    """Fill the HParams tab with this run (a session) and its final metrics.
 
-    The metrics are also written as scalars `final/<name>`, which is where the plugin reads
-    their values from.
+    The metrics are written as scalars `~final/<name>`, which is where the plugin reads
+    their values from. A single run also writes the experiment (which columns the table
+    has); a sweep job leaves that to the sweep (log_sweep_hparams), which knows what varies.
     """
-    metric_tags = {f"final/{k}": v for k, v in final.items()}
-    experiment, session_start, session_end = hparams(hparam_values, metric_tags)
-    for summary in (experiment, session_start, session_end):
+    start = plugin_data_pb2.SessionStartInfo()
+    for name, value in hparam_values.items():
+        ((field, v),) = _value(value).items()
+        setattr(start.hparams[name], field, v)
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value("STATUS_SUCCESS"))
+    summaries = [
+        _hparams_summary(
+            metadata.SESSION_START_INFO_TAG,
+            plugin_data_pb2.HParamsPluginData(session_start_info=start),
+        ),
+        _hparams_summary(
+            metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end)
+        ),
+    ]
+    if _sweep_of(Path(writer.log_dir)) is None:
+        summaries.insert(0, experiment_summary([hparam_values]))
+    for summary in summaries:
         writer.file_writer.add_summary(summary)
-    log_epoch(writer, step, metric_tags)
+    for name, value in final.items():
+        writer.add_scalar(FINAL + name, value, step)
+    writer.flush()
+
+
+def read_session(events: Path) -> dict[str, Any] | None:
+    """The hyperparameters a run's events dir holds (its session start), or None."""
+    for path in sorted(Path(events).glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == metadata.SESSION_START_INFO_TAG:
+                    start = metadata.parse_session_start_info_plugin_data(
+                        value.metadata.plugin_data.content
+                    )
+                    return {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    return None
+
+
+def log_sweep_hparams(sweep_dir: Path) -> Path | None:
+    """Write the sweep's HParams experiment, the hyperparameters that differ between its
+    jobs, into `<sweep dir>/hparams/` (rewritten when the sweep is resumed). The file, or
+    None when no job has finished."""
+    sweep_dir = Path(sweep_dir)
+    found = sweep_dir.glob("*/events.out.tfevents.*"), sweep_dir.glob("*/*/events.out.tfevents.*")
+    dirs = sorted({p.parent for files in found for p in files} - {sweep_dir / HPARAMS_DIR})
+    sessions = [s for s in map(read_session, dirs) if s]
+    if not sessions:
+        return None
+    target = sweep_dir / HPARAMS_DIR / "events.out.tfevents.hparams"
+    tmp = sweep_dir / HPARAMS_DIR / ".tmp"
+    with SummaryWriter(log_dir=str(tmp)) as writer:
+        writer.file_writer.add_summary(experiment_summary(sessions))
+    (written,) = tmp.glob("events.out.tfevents.*")
+    written.replace(target)  # a reader sees the old file or the new one, never half of one
+    tmp.rmdir()
+    return target

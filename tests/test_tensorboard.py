@@ -1,0 +1,161 @@
+"""TensorBoard at a glance: runs named by what a sweep varies, learning curves first,
+gradient norms as log10, an HParams table that starts with the swept keys."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata
+
+from conftest import TINY_CLI, make_cfg, run_script
+from dltips.tensorboard_log import FINAL, METRICS, events_dir, read_session, run_label
+from dltips.train import train
+
+
+def events(folder: Path) -> EventAccumulator:
+    return EventAccumulator(str(folder)).Reload()
+
+
+def experiment(folder: Path):
+    content = events(folder).PluginTagToContent(metadata.PLUGIN_NAME)
+    return metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+
+
+def tag_groups(tags: list[str]) -> list[str]:
+    """Tag groups in the order TensorBoard lists them (by name; the first two are open)."""
+    return sorted({t.split("/", 1)[0] for t in tags}, key=str.lower)
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    """A real 2-job sweep; seed=1 is the same in both jobs, so only `model` varies."""
+    tmp = tmp_path_factory.mktemp("tb")
+    folder = tmp / "sweep"
+    result = run_script(
+        "train.py", "-m", "model=sigmoid,relu", "seed=1", *TINY_CLI,
+        f"hydra.sweep.dir={folder}", cwd=tmp,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return folder
+
+
+@pytest.mark.slow
+def test_sweep_runs_are_named_by_the_swept_keys_in_numbered_job_dirs(sweep_dir):
+    # job dirs keep their numbers (a resumed sweep finds them); the events in each are the
+    # TensorBoard run `<job>/<swept overrides>`
+    runs = sorted(
+        p.parent.relative_to(sweep_dir).as_posix() for p in sweep_dir.glob("*/*/*tfevents*")
+    )
+    assert runs == ["0/model=sigmoid", "1/model=relu"]
+    for job in ("0", "1"):
+        assert json.loads((sweep_dir / job / "metrics.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_sweep_hparams_start_with_the_swept_keys_and_val_test_metrics(sweep_dir):
+    # one experiment for all of the sweep's runs: its columns are what differs between them
+    exp = experiment(sweep_dir / "hparams")
+    assert [(h.name, h.differs) for h in exp.hparam_infos] == [("model/activation", True)]
+    assert {v.string_value for v in exp.hparam_infos[0].domain_discrete.values} == {
+        "Sigmoid",
+        "ReLU",
+    }
+    assert [m.display_name for m in exp.metric_infos][:2] == ["val/acc", "test/acc"]
+    for job, label in (("0", "model=sigmoid"), ("1", "model=relu")):
+        run = events(sweep_dir / job / label)
+        tags = run.PluginTagToContent(metadata.PLUGIN_NAME)
+        assert metadata.EXPERIMENT_TAG not in tags  # the sweep's one is the only one
+        metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
+        for info in exp.metric_infos:  # every column of the table has its value
+            (point,) = run.Scalars(info.name.tag)
+            assert point.value == pytest.approx(metrics[info.display_name])
+    sessions = [
+        read_session(sweep_dir / "0" / "model=sigmoid"),
+        read_session(sweep_dir / "1" / "model=relu"),
+    ]
+    assert [s["model/activation"] for s in sessions] == ["Sigmoid", "ReLU"]
+
+
+@pytest.mark.slow
+def test_resumed_sweep_job_writes_into_the_same_tensorboard_run(sweep_dir, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy)
+    (copy / "1" / "metrics.json").unlink()  # as if killed before its end
+    result = run_script(
+        "train.py", "-m", "model=sigmoid,relu", "seed=1", *TINY_CLI,
+        f"hydra.sweep.dir={copy}", f"sweep.resume={copy}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((copy / "1" / "metrics.json").read_text())["status"] == "completed"
+    assert sorted(p.name for p in (copy / "1").iterdir() if p.is_dir()) == [
+        ".hydra",
+        "checkpoints",
+        "model=relu",
+    ]
+    assert [e.step for e in events(copy / "1" / "model=relu").Scalars("val/acc")] == [1, 2]
+    assert [h.name for h in experiment(copy / "hparams").hparam_infos] == ["model/activation"]
+
+
+def test_single_run_puts_learning_curves_first_and_grad_norms_as_log10(tmp_path):
+    metrics = train(make_cfg("model=sigmoid", "model.depth=3"), tmp_path)
+    assert events_dir(tmp_path) == tmp_path  # a single run: events in its own dir
+    run = events(tmp_path)
+    tags = run.Tags()["scalars"]
+    assert tag_groups(tags)[:2] == ["train", "val"]  # the two groups TensorBoard opens
+    assert tag_groups(tags)[-1] == FINAL.rstrip("/")
+    for epoch in metrics["history"]:
+        for layer in ("hidden1", "hidden2", "hidden3", "output"):
+            (point,) = [
+                e
+                for e in run.Scalars(f"weight_grad_norm_log10/{layer}")
+                if e.step == epoch["epoch"]
+            ]
+            assert point.value == pytest.approx(math.log10(epoch[f"grad_norm/{layer}"]), abs=1e-5)
+    # a single run has its own experiment: the final metrics, val and test first
+    exp = experiment(tmp_path)
+    assert [m.display_name for m in exp.metric_infos] == list(METRICS)
+    for info in exp.metric_infos:
+        assert run.Scalars(info.name.tag)[-1].value == pytest.approx(metrics[info.display_name])
+
+
+def sweep_of(tmp_path: Path, *arguments: str, params: dict | None = None) -> Path:
+    """A sweep dir whose multirun.yaml records `arguments` as Hydra's sweeper does."""
+    config = {"hydra": {"overrides": {"task": list(arguments)}, "sweeper": {"params": params}}}
+    OmegaConf.save(OmegaConf.create(config), tmp_path / "multirun.yaml")
+    return tmp_path
+
+
+def job(sweep: Path, num: int, *overrides: str) -> Path:
+    run_dir = sweep / str(num)
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
+    return run_dir
+
+
+def test_run_label_names_only_swept_keys_and_is_a_safe_bounded_folder_name(tmp_path):
+    sweep = sweep_of(
+        tmp_path,
+        "experiment=lecture/step1,lecture/step4",
+        "trainer.max_epochs=3",
+        "trainer.device=cpu,cuda",  # how to run, not what: never part of the name
+        "optim.lr=tag(log, interval(0.0001, 0.1))",
+        params={"model.depth": "1,2"},
+    )
+    first = job(sweep, 0, "model.depth=2", "experiment=lecture/step4", "trainer.max_epochs=3",
+                "trainer.device=cpu", "optim.lr=0.00012345678901")  # fmt: skip
+    assert run_label(first) == "model.depth=2,experiment=lecture-step4,optim.lr=0.0001235"
+    long = job(sweep, 1, "model.depth=1", f"experiment={'x' * 200}")
+    assert len(run_label(long)) == 80 and "/" not in run_label(long)
+    assert run_label(job(tmp_path / "single", 0, "model=relu")) is None  # no multirun.yaml
+
+
+def test_a_run_keeps_writing_where_its_events_are(tmp_path):
+    sweep = sweep_of(tmp_path, "model=sigmoid,relu")
+    old = job(sweep, 0, "model=sigmoid")
+    (old / "events.out.tfevents.1.host").write_bytes(b"")  # a job of an earlier version
+    assert events_dir(old) == old
+    assert events_dir(job(sweep, 1, "model=relu")) == sweep / "1" / "model=relu"
