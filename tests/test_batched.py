@@ -1,20 +1,25 @@
 """Batched sweeps: runs trained together equal the same runs trained alone."""
 
+import copy
 import json
 import signal
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from conftest import file_digests, make_cfg, run_script, start_script, wait_for
 from dltips.checkpoint import load_checkpoint
+from dltips.data import load_dataset
 from dltips.group import group_jobs, group_key
 from dltips.models import build_mlp
+from dltips.stacked import MemberOptimizer, StackedMLP, member_losses
 from dltips.train import Job, train, train_group
 
 SMALL = ["model.width=32", "trainer.max_epochs=3", "trainer.early_stopping.patience=null"]
 TIMINGS = ("wall_seconds", "seconds_per_epoch", "epoch_seconds", "batch", "num_threads")
+OPTIMS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 
 
 def alone_and_together(tmp_path: Path, overrides: list[list[str]]) -> tuple[list, list]:
@@ -32,20 +37,21 @@ def assert_same_training(alone: dict, together: dict, rel: float = 1e-4) -> None
             assert b[key] == pytest.approx(a[key], rel=rel), (key, a["epoch"])
 
 
-@pytest.mark.parametrize(
-    "optim", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
-)
+@pytest.mark.parametrize("optim", OPTIMS)
 def test_each_run_of_a_group_trains_as_it_would_alone(tmp_path, optim):
     lr = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.01}.get(optim, 0.001)
+    # runs 0, 2 and 3 share their optimizer settings (one param group over their rows of
+    # the stacked weights), run 1 has its own lr and weight decay
     settings = [
         [f"optim={optim}", "seed=0", f"optim.lr={lr}"],
         [f"optim={optim}", "seed=1", f"optim.lr={lr * 3}", "optim.weight_decay=0.001"],
         [f"optim={optim}", "seed=2", f"optim.lr={lr}", "loss.l1=0.0001", "trainer.grad_clip=0.5"],
+        [f"optim={optim}", "seed=3", f"optim.lr={lr}", "trainer.grad_clip=5"],
     ]
     alone, together = alone_and_together(tmp_path, settings)
     for a, b in zip(alone, together):
         assert_same_training(a, b)
-    assert [t["batch"] for t in together] == [{"members": 3, "member": k} for k in range(3)]
+    assert [t["batch"] for t in together] == [{"members": 4, "member": k} for k in range(4)]
     # same files and keys as a sequential run, plus "batch"
     assert set(together[0]) - set(alone[0]) == {"batch"}
 
@@ -53,6 +59,47 @@ def test_each_run_of_a_group_trains_as_it_would_alone(tmp_path, optim):
         return {p.name.split(".")[0] for p in (tmp_path / run).rglob("*")}  # events.out...
 
     assert names("group0") == names("alone0")
+
+
+@pytest.mark.parametrize("optim", OPTIMS)
+def test_the_group_optimizer_is_each_members_torch_optimizer_and_frozen_means_frozen(optim):
+    cfg = make_cfg(f"optim={optim}", "data.train_size=300")
+    data = load_dataset(cfg.data, seed=0)
+    lrs = [cfg.optim.lr, cfg.optim.lr, cfg.optim.lr * 3, cfg.optim.lr]  # blocks 0-1 | 2 | 3
+    models = []
+    for k in range(4):
+        torch.manual_seed(k)
+        models.append(build_mlp(784, 10, depth=1, width=16, activation=torch.nn.ReLU))
+    alone = [copy.deepcopy(m) for m in models]
+    references = [instantiate(cfg.optim)(params=m.parameters(), lr=lr) for m, lr in zip(alone, lrs)]
+    stack = StackedMLP(models)
+    settings = [{"lr": lr} for lr in lrs]
+    group = MemberOptimizer(
+        lambda g: instantiate(cfg.optim)(params=g), stack.member_params, settings, stack
+    )
+    assert len(group.torch.param_groups) == 3
+    criterion = torch.nn.CrossEntropyLoss()
+    for step in range(4):
+        rows = torch.arange(step * 40, step * 40 + 40).view(4, 10)
+        x, y = data.x_train[rows], data.y_train[rows]
+        stack.zero_grad()
+        member_losses([criterion] * 4, stack.forward(x), y).sum().backward()
+        group.step()
+        for k in range(4):
+            if step < 2 or k != 1:  # member 1 freezes after two steps
+                references[k].zero_grad()
+                criterion(alone[k](x[k]), y[k]).backward()
+                references[k].step()
+        if step == 1:
+            frozen = copy.deepcopy(group.member_state(1))
+            group.freeze(1)
+    for k in range(4):
+        for got, want in zip(models[k].parameters(), alone[k].parameters(), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        state, want = group.member_state(k), references[k].state_dict()
+        assert state["param_groups"] == want["param_groups"]
+        torch.testing.assert_close(state["state"], want["state"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(group.member_state(1), frozen, rtol=0, atol=0)
 
 
 def test_dropout_draws_each_runs_own_masks_reproducibly(tmp_path):
@@ -191,3 +238,20 @@ def test_interrupted_group_resumes_to_the_uninterrupted_result(tmp_path):
     assert {k: v for k, v in file_digests(sweep_dir / "0").items() if k != "train.log"} == {
         k: v for k, v in before.items() if k != "train.log"
     }
+
+
+def test_an_improved_epoch_is_written_once_and_linked_as_best(tmp_path, monkeypatch):
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=1")
+    train(cfg, tmp_path / "linked")
+    ckpts = tmp_path / "linked" / "checkpoints"
+    assert (ckpts / "best.pt").samefile(ckpts / "last.pt")  # epoch 1 is the best so far
+
+    def no_links(*args):
+        raise PermissionError("no hard links here")
+
+    monkeypatch.setattr("os.link", no_links)  # a file system without them: a copy
+    train(cfg, tmp_path / "copied")
+    ckpts = tmp_path / "copied" / "checkpoints"
+    assert not (ckpts / "best.pt").samefile(ckpts / "last.pt")
+    assert (ckpts / "best.pt").read_bytes() == (ckpts / "last.pt").read_bytes()
+    assert load_checkpoint(ckpts / "best.pt")["epoch"] == 1

@@ -9,6 +9,8 @@ from omegaconf import OmegaConf
 
 from conftest import make_cfg
 from dltips.data import load_dataset
+from dltips.models import build_mlp
+from dltips.stacked import StackedMLP, member_losses
 from dltips.step import (
     Rewind,
     TrainStep,
@@ -143,3 +145,28 @@ def test_cuda_graphs_on_the_cpu_is_a_config_error():
     with pytest.raises(ConfigError, match="trainer.cuda_graphs=true needs a CUDA device"):
         validate(make_cfg("trainer.cuda_graphs=true"))
     validate(make_cfg("trainer.cuda_graphs=auto"))  # auto: off on the CPU, no error
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_member_losses_are_each_members_own_criterion(loss):
+    cfg = make_cfg(f"loss={loss}", "data.train_size=300")
+    data = load_dataset(cfg.data, seed=0)
+    models = []
+    for k in range(3):
+        torch.manual_seed(k)
+        models.append(build_mlp(784, 10, depth=1, width=16, activation=torch.nn.ReLU))
+    stack = StackedMLP(models)
+    criteria = [instantiate(cfg.loss.criterion) for _ in models]
+    x, y = data.x_train[:60].view(3, 20, 784), data.y_train[:60].view(3, 20)
+    with torch.no_grad():
+        got = member_losses(criteria, stack.forward(x), y)
+        want = torch.stack([c(m(x[k]), y[k]) for k, (c, m) in enumerate(zip(criteria, models))])
+    torch.testing.assert_close(got, want)
+
+
+def test_a_batched_group_needs_networks_whose_activations_have_no_parameters():
+    models = [build_mlp(784, 10, depth=1, width=8, activation=torch.nn.PReLU) for _ in "ab"]
+    with pytest.raises(ValueError, match="linear layers only"):
+        StackedMLP(models)
+    with pytest.raises(ValueError, match="pass `stack`"):
+        TrainStep(models, None, [torch.nn.CrossEntropyLoss()] * 2, steps_per_epoch=1)

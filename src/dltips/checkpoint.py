@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import secrets
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,14 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (since PyTorch 1.6)
 LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)  # older torch.save format
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through `write(file)` to a temporary file beside `path`, then rename it over."""
+def _atomic_write(path: Path, write, also: Path | None = None) -> None:
+    """Write through `write(file)` to a temporary file beside `path`, then rename it over.
+
+    With `also`, the same file replaces `also` first (a hard link, or a copy where the file
+    system has none), so that `also` is never older than `path`.
+    """
     path = Path(path)
-    tmp = None
+    tmp = other = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temporary(path)
@@ -31,10 +36,14 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if also is not None:
+            other = _link_or_copy(tmp, Path(also))
+            os.replace(other, also)
         os.replace(tmp, path)  # atomic: readers see the old file or the new one
     except BaseException as err:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        for left in (tmp, other):
+            if left is not None:
+                left.unlink(missing_ok=True)
         os_error = find_os_error(err)
         if os_error is None:
             raise
@@ -58,6 +67,22 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
             continue
 
 
+def _link_or_copy(source: Path, path: Path) -> Path:
+    """A new temporary file beside `path` with the contents of `source`: a hard link to it
+    (no bytes written twice), or a copy where links are not allowed."""
+    fd, tmp = _create_temporary(path)
+    os.close(fd)
+    try:
+        tmp.unlink()
+        os.link(source, tmp)
+    except OSError:  # e.g. a file system without hard links: copy the bytes
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+    return tmp
+
+
 def find_os_error(err: BaseException | None) -> OSError | None:
     """The OSError behind `err` (torch.save reports a full disk as a RuntimeError)."""
     while err is not None:
@@ -73,9 +98,10 @@ def remove_stale_temporaries(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save `obj` (tensors and plain values only) atomically."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+def atomic_save(obj: Any, path: Path, also: Path | None = None) -> None:
+    """torch.save `obj` (tensors and plain values only) atomically; with `also`, the same
+    file is written there too (best.pt of an epoch that is also last.pt)."""
+    _atomic_write(path, lambda f: torch.save(obj, f), also)
 
 
 def atomic_write_json(obj: Any, path: Path) -> None:

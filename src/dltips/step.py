@@ -7,13 +7,13 @@ infinite loss is found when `TrainStep.read` looks at the epoch's per-step losse
 CPU-GPU sync point of an epoch. `epoch_batches` draws the shuffled batch indices on the
 device, so a batch is one gather there, with no index tensor sent from the CPU.
 
-A step trains K same-shaped members at once (a batched sweep, see dltips.group): each is
-an ordinary `build_mlp` network whose parameters are its own, so its checkpoints are a
-single run's; the forward pass stacks their weights into (K, out, in) tensors and runs
-each layer as one batched matrix multiply. With K = 1 it is the plain model's forward.
+A step trains K same-shaped members at once (a batched sweep, see dltips.group) on their
+stacked weights (dltips.stacked.StackedMLP: each layer one batched matrix multiply, the
+per-member L1 penalty, gradient norms and clipping computed on the stacked tensors). With
+K = 1 it trains the plain model and its own parameters, exactly as a single run always did.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from inspect import signature
 
@@ -23,6 +23,7 @@ from torch import nn
 from dltips.losses import l1_penalty
 from dltips.models import linear_layers
 from dltips.signals import StopRequest
+from dltips.stacked import MemberOptimizer, StackedMLP, member_losses
 
 
 def epoch_batches(
@@ -55,56 +56,18 @@ class EpochSums:
     bad_loss: float | None  # that loss
 
 
-def forward_members(
-    linears: list[list[nn.Linear]],
-    activations: list[nn.Module],
-    x: torch.Tensor,
-    dropout: list[float] | None,
-    generators: list[torch.Generator] | None,
-) -> torch.Tensor:
-    """(K, B, classes) logits of K same-shaped build_mlp networks on (K, B, features) inputs:
-    `linears` holds each member's linear layers, `activations` the hidden activations.
-
-    Each member's dropout draws its masks from its own generator (when `generators` is
-    given: in train mode).
-    """
-    h = x
-    for i in range(len(linears[0])):
-        weight = torch.stack([layers[i].weight for layers in linears])  # (K, out, in)
-        bias = torch.stack([layers[i].bias for layers in linears]).unsqueeze(1)
-        h = torch.baddbmm(bias, h, weight.transpose(1, 2))
-        if i < len(activations):
-            h = activations[i](h)
-            if generators is not None and dropout:
-                h = h * _dropout_masks(h, dropout, generators)
-    return h
-
-
-def _dropout_masks(
-    h: torch.Tensor, dropout: list[float], generators: list[torch.Generator]
-) -> torch.Tensor:
-    """(K, B, W) inverted-dropout masks: 0 or 1 / (1 - p) per member, ones where p = 0."""
-    masks = []
-    for p, g in zip(dropout, generators):
-        if p > 0:
-            keep = torch.rand(h.shape[1:], generator=g, device=h.device) >= p
-            masks.append(keep.to(h.dtype) / (1 - p))
-        else:
-            masks.append(torch.ones(h.shape[1:], device=h.device, dtype=h.dtype))
-    return torch.stack(masks)
-
-
 class TrainStep:
     """One optimizer step per call for K members; the sums stay on the device until `read`.
 
-    `optimizer` holds one param group per member, in the members' order, so that each
-    member has its own hyperparameters and torch's own update.
+    K = 1: `models[0]` trains with its own parameters and `optimizer` is a torch optimizer.
+    K > 1: `stack` holds the members' stacked weights, which the forward and backward pass
+    use, and `optimizer` is a dltips.stacked.MemberOptimizer over them.
     """
 
     def __init__(
         self,
         models: list[nn.Module],
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | MemberOptimizer,
         criteria: list[nn.Module],
         steps_per_epoch: int,
         l1: list[float] | None = None,
@@ -112,27 +75,33 @@ class TrainStep:
         bf16: bool = False,
         dropout: list[float] | None = None,
         generators: list[torch.Generator] | None = None,
+        stack: StackedMLP | None = None,
     ) -> None:
         self.models, self.optimizer, self.criteria = models, optimizer, criteria
         k = len(models)
+        if k > 1 and stack is None:
+            raise ValueError("K > 1 members train on their stacked weights: pass `stack`")
+        self.stack = stack
         self.l1 = l1 or [0.0] * k
         self.grad_clip = grad_clip or [None] * k
         self.dropout, self.generators = dropout or [0.0] * k, generators
         self.bf16 = bf16
-        self.params = [list(m.parameters()) for m in models]
-        self.linears = [linear_layers(m) for m in models]
-        self.weights = [layer.weight for layers in self.linears for layer in layers]
-        # the hidden activations, shared by a group's members (one activation class)
-        self.activations = (
-            [m for m in models[0] if not isinstance(m, nn.Linear | nn.Dropout)] if k > 1 else []
-        )
         self.any_dropout = any(self.dropout)
-        device = self.params[0][0].device
+        if stack is None:
+            self.params = list(models[0].parameters())
+            self.weights = [layer.weight for layer in linear_layers(models[0])]
+            device, layers = self.params[0].device, len(self.weights)
+        else:
+            device, layers = stack.weights[0].device, len(stack.weights)
+            # per-member L1 and clipping as (K,) tensors; no clipping is an infinite bound
+            self.l1_of = torch.tensor(self.l1, device=device) if any(self.l1) else None
+            bounds = [c if c else float("inf") for c in self.grad_clip]
+            self.clip_of = torch.tensor(bounds, device=device) if any(self.grad_clip) else None
         self.device_type = device.type
         # one slot per step and member: the loss sum and the divergence check come from it
         self.losses = torch.zeros(steps_per_epoch, k, device=device)
         self.correct = torch.zeros(k, device=device, dtype=torch.long)
-        self.grad_norm_sum = torch.zeros(k, len(self.weights) // k, device=device)
+        self.grad_norm_sum = torch.zeros(k, layers, device=device)
 
     def reset(self) -> None:
         """Zero the sums before an epoch."""
@@ -147,35 +116,57 @@ class TrainStep:
         with torch.autocast(
             self.device_type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False
         ):
-            if len(self.models) == 1:
+            if self.stack is None:
                 logits = self.models[0](x)
                 loss = self.criteria[0](logits, y)
             else:
                 training = self.models[0].training and self.any_dropout
-                logits = forward_members(
-                    self.linears,
-                    self.activations,
-                    x,
-                    self.dropout,
-                    self.generators if training else None,
-                )
-                loss = torch.stack([c(logits[k], y[k]) for k, c in enumerate(self.criteria)])
-        # a sum of the members' losses: each member's gradient comes from its own loss only
-        objective = loss.sum() if loss.dim() else loss
-        for l1, model in zip(self.l1, self.models):
-            if l1:
-                objective = objective + l1 * l1_penalty(model)
+                generators = self.generators if training else None
+                logits = self.stack.forward(x, self.dropout, generators)
+                loss = member_losses(self.criteria, logits, y)
+        if self.stack is None:
+            self._backward_one(loss)
+        else:
+            self._backward_stacked(loss)
+        self.optimizer.step()
+        self.losses[index] = loss.detach()
+        self.correct += (logits.argmax(dim=-1) == y).sum(dim=-1)
+
+    def _backward_one(self, loss: torch.Tensor) -> None:
+        """Gradients, their per-layer norms and clipping for a single model."""
+        objective = loss
+        if self.l1[0]:
+            objective = objective + self.l1[0] * l1_penalty(self.models[0])
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         # per-layer gradient norms show vanishing gradients in deep sigmoid networks
         norms = torch.stack(torch._foreach_norm([w.grad for w in self.weights]))
         self.grad_norm_sum += norms.view_as(self.grad_norm_sum)
-        for clip, params in zip(self.grad_clip, self.params):
-            if clip:
-                nn.utils.clip_grad_norm_(params, clip)  # no sync: scales on device
-        self.optimizer.step()
-        self.losses[index] = loss.detach()
-        self.correct += (logits.argmax(dim=-1) == y).sum(dim=-1)
+        if self.grad_clip[0]:
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip[0])  # no sync: on device
+
+    def _backward_stacked(self, loss: torch.Tensor) -> None:
+        """The same for K members on the stacked weights: the objective is the sum of the
+        members' losses, so each member's gradient comes from its own loss only."""
+        stack = self.stack
+        objective = loss.sum()
+        if self.l1_of is not None:  # each member's L1 on its weights (not biases)
+            for w in stack.weights:
+                objective = objective + (w.abs().sum((1, 2)) * self.l1_of).sum()
+        stack.zero_grad()
+        objective.backward()
+        grads = [leaf.grad for leaf in stack.leaves]  # weight, bias, weight, ...
+        clip = self.clip_of is not None
+        norms = [
+            torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim())))
+            for g in (grads if clip else grads[::2])
+        ]
+        self.grad_norm_sum += torch.stack(norms[::2] if clip else norms, dim=1)  # (K, layers)
+        if clip:  # clip_grad_norm_ per member: one norm over all of its gradients
+            total = torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
+            scale = (self.clip_of / (total + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
 
     def read(self, sizes: list[int]) -> list[EpochSums]:
         """Each member's sums over the first len(sizes) steps (batches of those sizes), in
@@ -216,11 +207,13 @@ def run_epoch(
     y: torch.Tensor,
     batches: Iterable[torch.Tensor],
     stop: StopRequest | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> list[int]:
     """Call `step` on each batch of x, y (index tensors; x (K, N, features) and (K, B)
     batches for K members); the sizes of the batches trained.
 
     Stops after the current step when `stop` is set (the caller drops the partial epoch).
+    `on_step` is called after each step (a progress bar); it must not read the device.
     """
     sizes = []
     rows = torch.arange(len(x), device=x.device).unsqueeze(1) if x.dim() == 3 else None
@@ -230,6 +223,8 @@ def run_epoch(
         else:  # K members, each its own data and shuffle: (K, B) gathers
             step(x[rows, batch], y[rows, batch], index)
         sizes.append(batch.shape[-1])
+        if on_step is not None:
+            on_step()
         if stop is not None and stop.signum:
             break
     return sizes

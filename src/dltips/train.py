@@ -30,6 +30,7 @@ from dltips.checkpoint import (
     resolve_resume,
 )
 from dltips.config import resolve_device, validate
+from dltips.console import config_line, data_line, model_line
 from dltips.data import DataSplits, load_dataset
 from dltips.early_stopping import EarlyStopping
 from dltips.errors import CheckpointError, ConfigError, Interrupted, OutputError
@@ -39,6 +40,7 @@ from dltips.pruning import TrialPruning
 from dltips.resume import check_same_run, override_arg, rng_state
 from dltips.runs import finished_metrics
 from dltips.signals import catch_stop_signals
+from dltips.stacked import MemberOptimizer, StackedMLP, member_losses
 from dltips.step import (
     EpochSums,
     GraphedEpoch,
@@ -79,6 +81,31 @@ def evaluate(
     return (loss_sum / len(y)).item(), correct.item() / len(y)
 
 
+@torch.no_grad()
+def evaluate_stacked(
+    stack: StackedMLP,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criteria: list[nn.Module],
+    bf16: bool,
+    chunk: int = 40_000,
+) -> list[tuple[float, float]]:
+    """Each member's (mean loss, accuracy) over (K, N, features) inputs x and (K, N)
+    labels y: what `evaluate` gives for each member's model, in one pass and one sync."""
+    k, n = y.shape
+    rows = max(1, chunk // k)  # about `chunk` samples of all members at a time
+    loss_sum = torch.zeros(k, device=x.device)
+    correct = torch.zeros(k, device=x.device, dtype=torch.long)
+    for i in range(0, n, rows):
+        xb, yb = x[:, i : i + rows], y[:, i : i + rows]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = stack.forward(xb)
+            loss_sum += member_losses(criteria, logits, yb).float() * yb.shape[1]
+        correct += (logits.argmax(dim=-1) == yb).sum(dim=-1)
+    packed = torch.stack([loss_sum / n, correct / n], dim=1).tolist()  # the CPU waits here
+    return [(loss, acc) for loss, acc in packed]
+
+
 @dataclass
 class Job:
     """One run to train: its config, its dir, the override that continues it, its log."""
@@ -103,7 +130,8 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
     """Train K runs that differ only in per-run settings (seed, lr, dropout, ...) together.
 
     Each run gets its own data split and shuffle, initialization, early stopping and
-    outputs; a run that stops early or diverges is frozen (lr 0) while the others go on.
+    outputs; a run that stops early or diverges is frozen (no further updates to its weights
+    or optimizer state) while the others go on.
     Returns each run's metrics, in the jobs' order.
     """
     started = time.perf_counter()
@@ -135,11 +163,25 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
 
     # each run: resume checks, data, model, loss, early stopping (every check before writing)
     runs = [Run(job, device, bf16, started) for job in jobs]
+    for k, run in enumerate(runs):
+        run.member = k
+    # runs with equal optimizer settings side by side: each such block of the stacked
+    # weights steps as one param group (dltips.stacked); results go back in the jobs' order
+    runs.sort(key=lambda run: repr(run.optim_settings()))
     startup.mark("data, model and loss")
-    # one optimizer, one param group per run: each run keeps its own hyperparameters
-    groups = [{"params": run.model.parameters(), **run.optim_settings()} for run in runs]
+    # K > 1: the runs' weights become one stacked tensor per layer, each run's layers views
+    # of its row; a single run keeps its own parameters (see dltips.stacked)
+    stack = StackedMLP([run.model for run in runs]) if len(runs) > 1 else None
+    params = stack.member_params if stack else [list(runs[0].model.parameters())]
+    # torch's optimizer, each run with its own hyperparameters (equal ones share a group)
     try:
-        optimizer = instantiate(first.optim)(params=groups, **options)  # optim is a partial
+        optim_partial = instantiate(first.optim)  # optim is a partial
+        optimizer = MemberOptimizer(
+            lambda groups: optim_partial(params=groups, **options),
+            params,
+            [run.optim_settings() for run in runs],
+            stack,
+        )
     except Exception as err:  # e.g. an argument the class does not take: +optim.foo=1
         cause = err.__cause__ or err
         raise ConfigError(f"Cannot build the model, optimizer or loss: {cause}") from err
@@ -148,19 +190,17 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
         run.optimizer, run.index = optimizer, k
     if any(run.resumed is not None for run in runs):
         try:
-            optimizer.load_state_dict(
-                merged_optimizer_state([run.saved_optimizer() for run in runs])
-            )
+            optimizer.load([run.resumed and run.resumed["optimizer"] for run in runs])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(
-                f"Checkpoint {runs[0].ckpt_path} does not fit the configured optimizer: "
-                f"{str(err).strip().splitlines()[0]}"
+                f"Checkpoint {runs[err.member].ckpt_path} does not fit the configured "
+                f"optimizer: {str(err).strip().splitlines()[0]}"
             ) from err
     for run in runs:
         run.restore()
     finished = [run.nothing_to_do() for run in runs]
     if all(finished):
-        return finished
+        return [run.result for run in sorted(runs, key=lambda run: run.member)]
 
     start_epoch = next(run.start_epoch for run in runs if run.active)
     max_epochs = first.trainer.max_epochs
@@ -174,7 +214,7 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
         shuffle = [run.shuffle for run in runs]
     step = TrainStep(
         [run.model for run in runs],
-        optimizer,
+        optimizer.torch if stack is None else optimizer,
         [run.criterion for run in runs],
         steps_per_epoch=len(batch_sizes(n_train, batch_size)),
         l1=[run.cfg.loss.l1 for run in runs],
@@ -182,7 +222,12 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
         bf16=bf16,
         dropout=[run.cfg.model.dropout for run in runs],
         generators=[run.dropout_rng for run in runs] if len(runs) > 1 else None,
+        stack=stack,
     )
+    x_val, y_val = runs[0].data.x_val, runs[0].data.y_val
+    if stack is not None:  # every run's validation split, evaluated in one pass
+        x_val = torch.stack([run.data.x_val for run in runs])
+        y_val = torch.stack([run.data.y_val for run in runs])
     epoch_graph = None
     if graphed:  # after any resume: the graph captures the state training continues from
         captured = time.perf_counter()
@@ -196,18 +241,21 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
     if len(runs) > 1:
         for run in runs:
             run.log.info("Training %d runs together as one batched model", len(runs))
+    # on a terminal, a bar over the epoch's batches (none in logs); a CUDA-graphed epoch is
+    # one replay, so there the bar counts epochs
     progress = tqdm(
-        range(start_epoch + 1, max_epochs + 1),
-        desc="epochs",
-        unit="epoch",
-        initial=start_epoch,
-        total=max_epochs,
+        desc="epochs" if graphed else f"epoch {start_epoch + 1}/{max_epochs}",
+        unit="epoch" if graphed else "batch",
+        initial=start_epoch if graphed else 0,
+        total=max_epochs if graphed else len(batch_sizes(n_train, batch_size)),
+        leave=False,
         disable=not sys.stderr.isatty(),
     )
-    with logging_redirect_tqdm(), catch_stop_signals() as stop, opened(runs):
+    on_step = None if progress.disable else progress.update  # counts steps: no GPU sync
+    with logging_redirect_tqdm(), catch_stop_signals() as stop, opened(runs), progress:
         startup.mark("outputs")
         log.debug("Start-up took %s", startup)  # shown with hydra.verbose=dltips.train
-        for epoch in progress:
+        for epoch in range(start_epoch + 1, max_epochs + 1):
             active = [run for run in runs if run.active]
             if not active:  # every run stopped early or diverged
                 break
@@ -216,10 +264,13 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
                 run.model.train()
             if epoch_graph is not None:  # the whole epoch in one replay
                 sizes = epoch_graph()
+                progress.update()
             else:
                 step.reset()
+                progress.set_description(f"epoch {epoch}/{max_epochs}", refresh=False)
+                progress.reset()
                 batches = epoch_batches(n_train, batch_size, shuffle)
-                sizes = run_epoch(step, x_train, y_train, batches, stop)
+                sizes = run_epoch(step, x_train, y_train, batches, stop, on_step)
             if stop.signum:  # the partial epoch is dropped: last.pt has the one before
                 message = (
                     f"Stopped by {stop.name} during epoch {epoch}, step {len(sizes)}. "
@@ -231,10 +282,14 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
                 raise Interrupted(stop.signum, message)
             epoch_sums = step.read(sizes)  # the CPU waits for the GPU here, once per epoch
             seconds = time.perf_counter() - epoch_started
-            optimizer_state = optimizer.state_dict() if len(runs) > 1 else None
-            for run, sums in zip(runs, epoch_sums):
+            # every run's validation loss and accuracy: K runs in one pass, one sync
+            if stack is None:
+                val = [evaluate(runs[0].model, x_val, y_val, runs[0].criterion, bf16)]
+            else:
+                val = evaluate_stacked(stack, x_val, y_val, step.criteria, bf16)
+            for run, sums, val_metrics in zip(runs, epoch_sums, val):
                 if run.active:
-                    run.end_epoch(epoch, sums, seconds, epoch_started, optimizer_state)
+                    run.end_epoch(epoch, sums, val_metrics, seconds, epoch_started)
             logged = [
                 r.history[-1] for r in active if r.history and r.history[-1]["epoch"] == epoch
             ]
@@ -244,7 +299,7 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
         for run in runs:  # the runs still training when max_epochs is reached
             if run.active:
                 run.finish()
-    return [run.result for run in runs]
+    return [run.result for run in sorted(runs, key=lambda run: run.member)]
 
 
 class Phases:
@@ -260,28 +315,6 @@ class Phases:
     def __str__(self) -> str:
         total = sum(self.seconds.values())
         return f"{total:.2f}s: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
-
-
-def merged_optimizer_state(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """One optimizer state_dict from each run's own (one param group each), in order."""
-    merged: dict[str, Any] = {"state": {}, "param_groups": []}
-    offset = 0
-    for state in states:
-        (group,) = state["param_groups"]
-        merged["state"].update({offset + i: s for i, s in state["state"].items()})
-        merged["param_groups"].append({**group, "params": [offset + i for i in group["params"]]})
-        offset += len(group["params"])
-    return merged
-
-
-def run_optimizer_state(full: dict[str, Any], index: int) -> dict[str, Any]:
-    """Run `index`'s part of a group optimizer's state_dict, as its own optimizer's."""
-    group = full["param_groups"][index]
-    ids = group["params"]
-    return {
-        "state": {i: full["state"][p] for i, p in enumerate(ids) if p in full["state"]},
-        "param_groups": [{**group, "params": list(range(len(ids)))}],
-    }
 
 
 class Run:
@@ -330,24 +363,20 @@ class Run:
         self.status = "completed"
         self.active = True
         self.result: dict[str, Any] = {}
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.index = 0
+        self.optimizer: MemberOptimizer | None = None  # the group's; this run is `index`
+        self.index = 0  # its row in the group's stacked weights
+        self.member = 0  # its job's place in the group
+        self.config = OmegaConf.to_container(cfg, resolve=True)  # for every checkpoint
 
     @property
     def batched(self) -> bool:
-        """Whether this run trains in a group with others (one param group each)."""
-        return len(self.optimizer.param_groups) > 1
+        """Whether this run trains in a group with others."""
+        return len(self.optimizer.params) > 1
 
     def optim_settings(self) -> dict[str, Any]:
         """This run's optimizer hyperparameters (lr, betas, ...), for its param group."""
         settings = OmegaConf.to_container(self.cfg.optim, resolve=True)
         return {k: v for k, v in settings.items() if k not in OPTIMIZER_WIDE}
-
-    def saved_optimizer(self) -> dict[str, Any]:
-        """The optimizer state to continue from: the checkpoint's, or this run's fresh one."""
-        if self.resumed is not None:
-            return self.resumed["optimizer"]
-        return run_optimizer_state(self.optimizer.state_dict(), self.index)
 
     def restore(self) -> None:
         """Load a resumed run's checkpoint into the fresh model, early stopping and RNGs
@@ -392,7 +421,7 @@ class Run:
                 why,
             )
             self.active, self.result = False, done
-            self.optimizer.param_groups[self.index]["lr"] = 0.0  # its group trains without it
+            self.optimizer.freeze(self.index)  # its group trains without it
             return done
         self.log.info(
             "Resumed from %s at epoch %d; writing to %s",
@@ -404,14 +433,9 @@ class Run:
 
     def open(self) -> None:
         """Log the setup, save epoch 0 (a new run) and open the TensorBoard writer."""
-        self.log.info("Model (%d parameters) on %s:\n%s", self.num_params, self.device, self.model)
-        self.log.info(
-            "Data %s: %d train, %d val, %d test images",
-            self.cfg.data.name,
-            len(self.data.y_train),
-            len(self.data.y_val),
-            len(self.data.y_test),
-        )
+        self.log.info(config_line(self.cfg, self.run_dir))
+        self.log.info(data_line(self.cfg.data.name, self.data, self.cfg.data.batch_size))
+        self.log.info(model_line(self.model, str(self.device)))
         remove_stale_temporaries(self.ckpt_dir)
         if self.resumed is None:  # so that even an interrupted first epoch can be resumed
             atomic_save(self.state(0), self.ckpt_dir / "last.pt")
@@ -420,33 +444,37 @@ class Run:
         except OSError as err:
             raise OutputError(f"Cannot write TensorBoard events to {self.run_dir}: {err}") from err
 
-    def state(self, epoch: int, optimizer_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    def state(self, epoch: int) -> dict[str, Any]:
         """Everything a resumed run needs: tensors and plain values only."""
-        full = optimizer_state or self.optimizer.state_dict()
         rng = rng_state(self.shuffle, self.device)
+        model = self.model.state_dict()
         if self.batched:  # a batched run draws dropout masks from its own stream
             rng["dropout"] = self.dropout_rng.get_state()
+            # its weights are views of the group's stacked tensors, which torch.save would
+            # write whole: copies hold just this run's
+            model = {k: v.clone() for k, v in model.items()}
         return {
             "epoch": epoch,
-            "model": self.model.state_dict(),
-            "optimizer": run_optimizer_state(full, self.index),
+            "model": model,
+            "optimizer": self.optimizer.member_state(self.index),
             "early_stopping": self.stopper.state_dict(),
             "history": self.history,
             "epoch_seconds": self.train_seconds,
             "wall_seconds": self.earlier_wall_seconds + time.perf_counter() - self.started,
             "rng": rng,
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "config": self.config,
         }
 
     def end_epoch(
         self,
         epoch: int,
         sums: EpochSums,
+        val: tuple[float, float],
         seconds: float,
         epoch_started: float,
-        optimizer_state: dict[str, Any] | None,
     ) -> None:
-        """Evaluate, log, check for divergence and early stopping, save the checkpoints."""
+        """Log the epoch's training sums and validation (loss, accuracy), check for
+        divergence and early stopping, save the checkpoints."""
         max_epochs = self.cfg.trainer.max_epochs
         # a NaN or infinite loss ends the run; the weights it reports predate that step
         if sums.first_bad_step is not None:
@@ -464,9 +492,7 @@ class Run:
 
         metrics = {"train/loss": sums.loss, "train/acc": sums.correct / len(self.data.y_train)}
         self.train_seconds.append(seconds)
-        metrics["val/loss"], metrics["val/acc"] = evaluate(
-            self.model, self.data.x_val, self.data.y_val, self.criterion, self.bf16
-        )
+        metrics["val/loss"], metrics["val/acc"] = val
         self.history.append(
             {
                 "epoch": epoch,
@@ -484,13 +510,11 @@ class Run:
             time.perf_counter() - epoch_started,
             "  *best" if improved else "",
         )
-        lr = self.optimizer.param_groups[self.index]["lr"]
+        lr = self.optimizer.settings[self.index]["lr"]
         log_epoch(self.writer, epoch, {**self.history[-1], "train/lr": lr})
-        snapshot = self.state(epoch, optimizer_state)
-        try:
-            if improved:
-                atomic_save(snapshot, self.ckpt_dir / "best.pt")
-            atomic_save(snapshot, self.ckpt_dir / "last.pt")
+        try:  # an improved epoch is written once: best.pt is a hard link to it (or a copy)
+            best = self.ckpt_dir / "best.pt" if improved else None
+            atomic_save(self.state(epoch), self.ckpt_dir / "last.pt", also=best)
         except OutputError as err:
             raise OutputError(
                 f"{err}\n  Free space, then continue with {self.resume_hint}"
@@ -522,11 +546,13 @@ class Run:
         """Freeze the run and write its final metrics: the reported weights, evaluated in
         eval mode over every split."""
         self.active = False
-        self.optimizer.param_groups[self.index]["lr"] = 0.0  # no further updates in a group
+        self.optimizer.freeze(self.index)  # no further updates in a group
         # A diverged run's weights went on updating after the bad step: the last completed
         # epoch's (last.pt) or the best epoch's weights are reported instead.
         best = self.ckpt_dir / "best.pt"
-        if self.stopper.restore_best and best.is_file():
+        last_epoch = self.history[-1]["epoch"] if self.history else None
+        best_is_now = self.status != "diverged" and self.stopper.best_epoch == last_epoch
+        if self.stopper.restore_best and best.is_file() and not best_is_now:
             self.model.load_state_dict(load_checkpoint(best)["model"])
         elif self.status == "diverged":
             self.model.load_state_dict(load_checkpoint(self.ckpt_dir / "last.pt")["model"])
@@ -557,7 +583,7 @@ class Run:
             "history": self.history,
         }
         if self.batched:
-            result["batch"] = {"members": len(self.optimizer.param_groups), "member": self.index}
+            result["batch"] = {"members": len(self.optimizer.params), "member": self.member}
         self.result = _json_safe(result)
         atomic_write_json(self.result, self.run_dir / "metrics.json")
         log_hparams(self.writer, key_hparams(self.cfg), final, step=epochs_trained)
