@@ -2,6 +2,7 @@
 
 python scripts/train.py model=relu optim=adam
 python scripts/train.py -m model=sigmoid,relu optim=sgd,adam
+python scripts/train.py --help     # the config groups, their options, examples
 """
 
 import signal

@@ -83,7 +83,10 @@ def test_a_mode_that_contradicts_the_metric_is_a_config_error(overrides, message
             ["+data.trainsize=10"],
             "data.trainsize=10 is not a setting: did you mean data.train_size",
         ),
-        (["+xyz=1"], "xyz=1 is not a setting: the keys are seed, sweep, model, optim, loss"),
+        (
+            ["+xyz=1"],
+            "xyz=1 is not a setting: the keys are seed, sweep, lecture, model, optim, loss",
+        ),
     ],
 )
 def test_bad_value_is_named_with_what_it_must_be(overrides, message):

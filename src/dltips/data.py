@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
@@ -138,9 +139,18 @@ def _corrupt_files_message(raw: Path, files: list[str], err: Exception) -> str:
     return f"Could not read the IDX files in {raw}/ ({type(err).__name__}: {err})"
 
 
+def data_root(root: str) -> Path:
+    """`data.root` as a path: a relative one is relative to where the command was started,
+    also when Hydra runs the job in its run dir (hydra.job.chdir=true)."""
+    path = Path(root).expanduser()
+    if path.is_absolute() or not HydraConfig.initialized():
+        return path
+    return Path(HydraConfig.get().runtime.cwd) / path
+
+
 def read_cached(cfg: DictConfig) -> dict[str, torch.Tensor]:
     """Decoded uint8 tensors of a data set, read from <root>/cache/<name>.pt when present."""
-    root = Path(cfg.root)
+    root = data_root(cfg.root)
     cache = root / "cache" / f"{cfg.name}.pt"
     if cache.exists():
         try:

@@ -7,6 +7,8 @@ the jobs that finished and continues the interrupted ones in place.
 
 import logging
 import math
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -15,8 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dltips.errors import Interrupted, UserError
-from dltips.preflight import check_same_job, holds_a_run
+from dltips.errors import ConfigError, Interrupted, UserError
+from dltips.preflight import check_same_job, holds_a_run, sweep_jobs
 from dltips.pruning import TrialPruning
 from dltips.resume import override_arg
 from dltips.runs import finished_metrics
@@ -44,6 +46,7 @@ def run(cfg: DictConfig) -> float:
     if hc.mode == RunMode.MULTIRUN:
         return sweep_job(cfg, run_dir, Path(hc.sweep.dir), list(hc.overrides.task))
     try:
+        check_not_a_sweep(hc)
         return objective(train(cfg, run_dir), cfg)
     except Interrupted as err:  # already logged, with the command that continues the run
         raise SystemExit(128 + err.signum) from None
@@ -53,6 +56,32 @@ def run(cfg: DictConfig) -> float:
     except SystemExit:  # Ctrl-C before training started (see scripts/train.py)
         remove_unstarted(run_dir)
         raise
+
+
+def check_not_a_sweep(hc: DictConfig) -> None:
+    """Refuse a single run of a preset that defines a sweep (its hydra.sweeper.params): it
+    would train one job with none of the swept values and look like the preset's result."""
+    params = hc.sweeper.get("params") or {}
+    given = {o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task}
+    swept = [k for k in params if k not in given]
+    if not swept:  # every swept key set on the command line: one point of the sweep
+        return
+    choices = hc.runtime.choices
+    presets = [f"{g}={choices[g]}" for g in ("experiment", "hparams_search") if choices.get(g)]
+    script, *args = sys.argv
+    command = shlex.join(["python", script, "-m", *args])
+    jobs = sweep_jobs(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}))
+    runs = f" ({len(jobs)} runs)" if jobs else ""
+    message = (
+        f"{' '.join(presets) or 'This config'} defines a sweep{runs} over "
+        f"{', '.join(f'{k}={params[k]}' for k in swept)} (hydra.sweeper.params), and Hydra "
+        f"runs a sweep only with -m. Nothing was trained.\n  Run the sweep:  {command}"
+    )
+    if jobs:  # a grid: its first job is a setting the user can train alone
+        first = dict(o.split("=", 1) for o in jobs[0] if "=" in o)
+        one = shlex.join(["python", script, *args, *(f"{k}={first[k]}" for k in swept)])
+        message += f"\n  Or train one of its settings alone, giving each swept key:  {one}"
+    raise ConfigError(message)
 
 
 def sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, overrides: list[str]) -> float:
@@ -105,7 +134,9 @@ def remove_unstarted(folder: Path, files: set[str] = HYDRA_FILES) -> None:
     """Delete what Hydra wrote for this command in `folder` (only `files`, only if newer
     than this process), then each folder above it up to the cwd that holds nothing else:
     a command that failed before training leaves no empty run dir behind."""
-    cwd, folder = Path.cwd().resolve(), folder.resolve()
+    # where the command was started (with hydra.job.chdir=true the cwd is the run dir)
+    started_in = HydraConfig.get().runtime.cwd if HydraConfig.initialized() else Path.cwd()
+    cwd, folder = Path(started_in).resolve(), folder.resolve()
     while cwd in folder.parents and folder.is_dir():
         found = [p for p in folder.rglob("*") if not p.is_dir()]
         if any(
