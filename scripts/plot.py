@@ -1,4 +1,4 @@
-"""PNG comparisons of a sweep: val/acc curves per job, final metrics against each swept value.
+"""PNG comparisons of a sweep: val/acc curves, final metrics against each swept key (seeds pooled).
 
 python scripts/plot.py outputs/multirun/2026-11-25/11-17-18
 """

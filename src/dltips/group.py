@@ -38,6 +38,7 @@ PER_RUN = (
     "data.test_noise_std",
     "trainer.resume",  # the epoch a resumed run starts from goes into the key instead
     "sweep.resume",
+    "lecture.",  # a lecture preset's description, read by the report only
 )
 
 

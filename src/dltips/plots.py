@@ -1,18 +1,21 @@
-"""PNG comparisons of runs: learning curves and final metrics against swept values."""
+"""PNG comparisons of runs: learning curves and final metrics against swept values.
+
+Runs that differ only in `seed` are one setting: curves show their mean with a band from the
+lowest to the highest seed, final metrics their mean ± std with every seed as a dot.
+Diverged runs are drawn as red crosses and named in the legend, never left out.
+"""
 
 import contextlib
 import math
 import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from dltips.runs import (  # noqa: E402
+from dltips.runs import (
     DONE,
     collect_runs,
     no_runs_message,
@@ -21,14 +24,17 @@ from dltips.runs import (  # noqa: E402
 )
 
 DEFAULT = "(default)"  # how a plot shows a key that a run did not override
+TEST_ONLY = "data.test_noise_std"  # changes the test inputs only, never training or val
+DIVERGED = {"color": "tab:red", "marker": "X", "s": 70, "zorder": 5}  # scatter style
 
 
 def _setting(value: object) -> str:
     return DEFAULT if pd.isna(value) else str(value)
 
 
-def _label(row: pd.Series, keys: list[str]) -> str:
-    return " ".join(f"{k}={_setting(row[k])}" for k in keys) or row["run"]
+def short_label(key: str, value: object) -> str:
+    """`depth=4` for model.depth=4: the last part of the key is enough in a legend."""
+    return f"{key.rsplit('.', 1)[-1]}={_setting(value)}"
 
 
 def _sort_values(values: pd.Series) -> list:
@@ -40,30 +46,167 @@ def _sort_values(values: pd.Series) -> list:
     return [DEFAULT] * (DEFAULT in unique) + given
 
 
+def is_numeric(values: pd.Series) -> bool:
+    """Whether a swept key's values are all numbers (a line plot) or not (points per category)."""
+    try:
+        [float(v) for v in values.map(_setting)]
+    except ValueError:
+        return False
+    return True
+
+
+def settings_groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    """[(setting, its runs)]: runs that differ only in `seed` are one setting."""
+    keys = [k for k in keys if k != "seed"]
+    if not keys:
+        return [({}, runs)]
+    labels = runs[keys].map(_setting)
+    groups = labels.groupby(keys, sort=False).groups
+    return [
+        (dict(zip(keys, name if isinstance(name, tuple) else (name,))), runs.loc[index])
+        for name, index in groups.items()
+    ]
+
+
+def diverged_note(group: pd.DataFrame) -> str:
+    """'diverged at epoch 1 (3 of 3 seeds)', or '' when no run of the setting diverged."""
+    bad = group[group["status"] == "diverged"]
+    if bad.empty:
+        return ""
+    epochs = sorted({int(e) + 1 for e in bad["epochs"].fillna(0)})
+    at = ", ".join(map(str, epochs))
+    return f"diverged at epoch {at} ({len(bad)} of {len(group)} seeds)"
+
+
+def history_frame(run_dir: Path) -> pd.DataFrame:
+    """A run's per-epoch history from its metrics.json, one row per epoch (maybe empty)."""
+    history = (read_metrics(run_dir) or {}).get("history", [])
+    return pd.DataFrame(history, dtype=float)
+
+
+def _mean_curve(root: Path, group: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per epoch: mean, min and max of `metric` over the group's runs (their seeds)."""
+    columns = {}
+    for run in group["run"]:
+        history = history_frame(root / run)
+        if metric in history:
+            columns[run] = history.set_index("epoch")[metric]
+    if not columns:
+        return pd.DataFrame(columns=["mean", "min", "max"])
+    table = pd.DataFrame(columns)
+    return pd.DataFrame(
+        {"mean": table.mean(axis=1), "min": table.min(axis=1), "max": table.max(axis=1)}
+    )
+
+
+def _draw_curves(ax, root: Path, groups: list, metric: str, label_keys: list[str]) -> None:
+    colors = _colors(len(groups))
+    for color, (setting, group) in zip(colors, groups):
+        label = " ".join(short_label(k, setting[k]) for k in label_keys) or "run"
+        curve = _mean_curve(root, group, metric)
+        note = diverged_note(group)
+        if note:
+            label += f": {note}"
+        if not curve.empty:
+            ax.plot(curve.index, curve["mean"], marker=".", color=color, label=label)
+            if len(group) > 1:
+                ax.fill_between(curve.index, curve["min"], curve["max"], color=color, alpha=0.2)
+            label = None
+        bad = group[group["status"] == "diverged"]
+        if not bad.empty:  # a cross where it stopped, at the metric of its reported weights
+            final = metric if metric in bad else "val/acc"
+            ax.scatter(
+                bad["epochs"].fillna(0).astype(int) + 1,
+                pd.to_numeric(bad[final]),
+                label=label,
+                **{**DIVERGED, "color": color, "edgecolor": "tab:red"},
+            )
+
+
+def _colors(n: int) -> list:
+    """Distinct colours for n lines: tab10, or a sequence of viridis beyond ten."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    return [colormaps["viridis"](i / max(n - 1, 1)) for i in range(n)]
+
+
 def plot_curves(
     root: Path, runs: pd.DataFrame, keys: list[str], out: Path, metric: str = "val/acc"
 ) -> Path:
-    """One line per run: `metric` per epoch, from each metrics.json's history."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for _, row in runs.iterrows():
-        history = (read_metrics(root / row["run"]) or {}).get("history", [])
-        if history:
-            ax.plot(
-                [h["epoch"] for h in history],
-                [math.nan if h.get(metric) is None else h[metric] for h in history],
-                marker=".",
-                label=_label(row, keys),
-            )
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    """curves_figure() as a PNG."""
+    curves_figure(root, runs, keys, metric).savefig(out, dpi=110)
     return out
+
+
+def curves_figure(
+    root: Path, runs: pd.DataFrame, keys: list[str], metric: str = "val/acc"
+) -> Figure:
+    """`metric` per epoch, a line per setting (mean over seeds, band from min to max).
+
+    With two or more swept keys besides the seed, one panel per value of the first.
+    """
+    keys = [k for k in keys if k != "seed"]
+    panels = (
+        [
+            (f"{keys[0]}={v}", runs[runs[keys[0]].map(_setting) == v])
+            for v in _sort_values(runs[keys[0]])
+        ]
+        if len(keys) >= 2
+        else [("", runs)]
+    )
+    label_keys = keys[1:] if len(keys) >= 2 else keys
+    fig = Figure(figsize=(min(5.5 * len(panels), 16.5), 4.5), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (title, panel) in zip(axes, panels):
+        _draw_curves(ax, root, settings_groups(panel, label_keys), metric, label_keys)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    axes[0].set_ylabel(metric)
+    fig.suptitle(f"{metric} per epoch{_seeds_note(runs)}")
+    return fig
+
+
+def _seeds_note(runs: pd.DataFrame) -> str:
+    seeds = runs["seed"].nunique() if "seed" in runs else 1
+    if seeds <= 1:
+        return " (one seed)"
+    return f" (mean of {seeds} seeds; band: lowest to highest seed)"
+
+
+def seed_stats(runs: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    """Per setting of `keys` (seeds pooled): mean, std, n and diverged count of `metric`."""
+    rows = []
+    for setting, group in settings_groups(runs, keys):
+        values = pd.to_numeric(group[metric])
+        rows.append(
+            {
+                **setting,
+                "mean": values.mean(),
+                "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                "n": len(values),
+                "diverged": int((group["status"] == "diverged").sum()),
+                "values": list(values),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _x_scale(ax, xs: list[float]) -> str:
+    """Log (or symlog, with 0) for values spanning more than two decades, else linear;
+    what the axis label should add."""
+    positive = [x for x in xs if x > 0]
+    if len(positive) < 2 or max(positive) / min(positive) < 100:
+        return ""
+    if min(xs) <= 0:
+        ax.set_xscale("symlog", linthresh=min(positive))
+        return " (log scale, and 0)"
+    ax.set_xscale("log")
+    return " (log scale)"
 
 
 def plot_against(
@@ -73,32 +216,95 @@ def plot_against(
     out: Path,
     metrics: tuple[str, ...] = ("val/acc", "test/acc"),
 ) -> Path:
-    """Final metrics against the values of one swept key; a line per setting of the others."""
+    """against_figure() as a PNG."""
+    against_figure(runs, key, others, metrics).savefig(out, dpi=110)
+    return out
+
+
+def against_figure(
+    runs: pd.DataFrame,
+    key: str,
+    others: list[str],
+    metrics: tuple[str, ...] = ("val/acc", "test/acc"),
+) -> Figure:
+    """Final metrics against one swept key: mean ± std over seeds, every seed a dot.
+
+    A numeric key gets lines over its values; a categorical key gets points with error bars
+    (no line: the categories have no order). A line or a set of points per setting of the
+    other keys. Diverged runs are red crosses, named in the legend.
+    """
+    others = [k for k in others if k not in (key, "seed")]
     order = _sort_values(runs[key])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
-    groups = runs.groupby(others, sort=False, dropna=False) if others else [((), runs)]
-    for ax, metric in zip(axes[0], metrics):
-        for name, group in groups:
-            name = name if isinstance(name, tuple) else (name,)
-            values = pd.to_numeric(group[metric])
-            means = values.groupby(group[key].map(_setting)).mean()
-            ax.plot(
-                range(len(order)),
-                [means.get(v) for v in order],
-                marker="o",
-                label=" ".join(f"{k}={_setting(n)}" for k, n in zip(others, name)) or None,
+    numeric = is_numeric(runs[key])
+    groups = settings_groups(runs, others)
+    width = max(5.0, 0.9 * len(order) * max(1, len(groups)) ** 0.5 + 1.5)
+    fig = Figure(figsize=(min(width * len(metrics), 16), 4.5), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        shown, pool = others, runs
+        if not metric.startswith("test/") and TEST_ONLY in others:
+            # test noise changes no train or val metric: one line for its runs, not several
+            # drawn over each other (the same seeds' runs counted once)
+            shown = [k for k in others if k != TEST_ONLY]
+            pool = runs.drop_duplicates([c for c in (key, *shown, "seed") if c in runs])
+        groups = settings_groups(pool, shown)
+        colors = _colors(len(groups))
+        for i, (color, (setting, group)) in enumerate(zip(colors, groups)):
+            stats = (
+                seed_stats(group, [key], metric).set_index(key).reindex(order).dropna(subset=["n"])
             )
-        ax.set_xticks(range(len(order)), order)
-        ax.set_xlabel(key)
+            if numeric:
+                xs = [float(v) for v in stats.index]
+            else:  # side by side when several settings share a category
+                shift = (i - (len(groups) - 1) / 2) * min(0.6 / max(len(groups), 1), 0.15)
+                xs = [order.index(v) + shift for v in stats.index]
+            label = " ".join(short_label(k, setting[k]) for k in shown) or None
+            ax.errorbar(
+                xs,
+                stats["mean"],
+                yerr=stats["std"].fillna(0),
+                fmt="o-" if numeric else "o",
+                color=color,
+                capsize=4,
+                label=label,
+            )
+            for x, (_, row) in zip(xs, stats.iterrows()):  # each seed, slightly spread
+                spread = np.linspace(-1, 1, len(row["values"])) * (0 if numeric else 0.04)
+                ax.scatter(x + spread, row["values"], s=10, color=color, alpha=0.5, zorder=3)
+            bad = group[group["status"] == "diverged"]
+            if not bad.empty:
+                bx = [float(v) if numeric else order.index(v) for v in bad[key].map(_setting)]
+                ax.scatter(
+                    bx,
+                    pd.to_numeric(bad[metric]),
+                    label=f"diverged ({label or key})" if label else "diverged",
+                    **DIVERGED,
+                )
+        scale = ""
+        if numeric:
+            scale = _x_scale(ax, [float(v) for v in order])
+            ax.set_xticks([float(v) for v in order], order)
+            ax.minorticks_off()
+        else:
+            ax.set_xticks(range(len(order)), order)
+            ax.set_xlim(-0.5, len(order) - 0.5)
+        long = sum(len(v) for v in order) > 5 * width
+        if long:
+            ax.tick_params(axis="x", labelrotation=30)
+        ax.set_xlabel(key + scale)
         ax.set_ylabel(f"final {metric}")
         ax.grid(alpha=0.3)
-        if others:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    fig.suptitle(f"final metrics against {key}")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    fig.suptitle(f"final metrics against {key}{_stats_note(runs)}")
+    return fig
+
+
+def _stats_note(runs: pd.DataFrame) -> str:
+    seeds = runs["seed"].nunique() if "seed" in runs else 1
+    if seeds <= 1:
+        return " (one seed: no error bars)"
+    return f": mean ± std of {seeds} seeds, dots are single seeds"
 
 
 def plot_sweep(root: Path, out_dir: Path | None = None) -> list[Path]:
@@ -116,7 +322,7 @@ def plot_sweep(root: Path, out_dir: Path | None = None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     varying, _ = split_settings(runs)
     written = [plot_curves(root, runs, varying, out_dir / "curves.png")]
-    for key in varying:
+    for key in (k for k in varying if k != "seed"):
         others = [k for k in varying if k not in (key, "seed")]
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
         written.append(plot_against(runs, key, others, out_dir / f"{safe}.png"))

@@ -1,5 +1,11 @@
-"""The tips, measured: run the lecture and tips presets as sweeps and write docs/RESULTS.md."""
+"""The tips, measured: run the lecture and tips presets as sweeps and write docs/RESULTS.md.
 
+Every section runs each setting with several seeds (SEEDS) through the batched launcher, which
+trains the runs that share a network shape together. Tables and plots show mean ± std over
+the seeds, and the measured sentences under each plot say only what the error bars allow.
+"""
+
+import math
 import platform
 import re
 import subprocess
@@ -8,41 +14,44 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from omegaconf import OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from dltips.plots import plot_against, plot_curves  # noqa: E402
-from dltips.runs import (  # noqa: E402
-    DONE,
-    collect_runs,
-    markdown_table,
-    read_metrics,
-    split_settings,
+from dltips.plots import (
+    DIVERGED,
+    TEST_ONLY,
+    diverged_note,
+    history_frame,
+    plot_against,
+    plot_curves,
+    seed_stats,
+    settings_groups,
+    short_label,
 )
+from dltips.runs import DONE, collect_runs, markdown_table, read_metrics, split_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # docs/RESULTS.md and its hand-written notes are about this run, the full report (make report)
 DOCS_PAGE = ROOT / "docs" / "RESULTS.md"
 FULL_REPORT = "python scripts/report.py --data fashion_mnist"
 FULL_REPORT_DATA = "fashion_mnist"
+SEEDS = "seed=0,1,2"  # every setting of every section, for mean ± std
+BATCHED = "hydra/launcher=batched"  # runs of one network shape train together
+# the lecture's steps; each preset's `lecture:` block holds its change and published numbers
+LECTURE_PRESETS = sorted(
+    (ROOT / "conf" / "experiment" / "lecture").glob("step*.yaml"), key=lambda p: int(p.stem[4:])
+)
 
-# the lecture demo's published (Keras, MNIST, first 10,000 training images) accuracies
-LECTURE_PUBLISHED = {
-    0: ("sigmoid, mse", 0.113, 0.114),
-    1: ("cross-entropy", 0.873, 0.858),
-    2: ("batch 10000", 0.113, 0.114),
-    3: ("13 sigmoid layers", 0.113, 0.114),
-    4: ("ReLU", 0.998, 0.956),
-    5: ("no normalization", 0.107, 0.103),
-    6: ("Adam", 0.999, 0.963),
-    7: ("noisy test", 1.000, 0.475),
-    8: ("3 layers, dropout 0.7", 0.991, 0.612),
-}
+
+def lecture_preset(experiment: str) -> dict:
+    """{'change': ..., 'published': {'train/acc': ..., 'test/acc': ...}} of a lecture preset,
+    read from its file (conf/experiment/<experiment>.yaml), the one place those numbers live."""
+    block = OmegaConf.load(ROOT / "conf" / "experiment" / f"{experiment}.yaml").get("lecture")
+    return OmegaConf.to_container(block) if block is not None else {}
 
 
 @dataclass
@@ -55,6 +64,8 @@ class Section:
     overrides: list[str]
     plot_keys: list[str] = field(default_factory=list)  # final metrics against these keys
     grad_norms: bool = False  # per-layer gradient norms of the first epoch
+    curves: str = "val/acc"  # per-epoch plot: a metric, or "lecture" / "early_stopping"
+    launcher: str = BATCHED  # how the sweep's jobs run
 
 
 SECTIONS = {
@@ -64,7 +75,8 @@ SECTIONS = {
             "lecture",
             "The lecture's demo, step by step",
             "Each step changes one thing from the one before (conf/experiment/lecture/).",
-            ["experiment=" + ",".join(f"lecture/step{i}" for i in range(9))],
+            ["experiment=" + ",".join(f"lecture/{p.stem}" for p in LECTURE_PRESETS)],
+            curves="lecture",
         ),
         Section(
             "depth",
@@ -106,27 +118,28 @@ SECTIONS = {
             "early_stopping",
             "Early stopping",
             "2 x 512 ReLU units, Adam, 2,000 training images, up to 50 epochs.",
-            ["experiment=tips/early_stopping", "hydra/launcher=batched"],
+            ["experiment=tips/early_stopping"],
+            curves="early_stopping",
         ),
         Section(
             "weight_decay",
             "L2 regularization (weight decay)",
             "2 x 512 ReLU units, SGD with momentum, 2,000 training images, 30 epochs.",
-            ["experiment=tips/weight_decay", "hydra/launcher=batched"],
+            ["experiment=tips/weight_decay"],
             plot_keys=["optim.weight_decay"],
         ),
         Section(
             "l1",
             "L1 regularization",
             "2 x 512 ReLU units, SGD with momentum, 2,000 training images, 30 epochs.",
-            ["experiment=tips/l1", "hydra/launcher=batched"],
+            ["experiment=tips/l1"],
             plot_keys=["loss.l1"],
         ),
         Section(
             "dropout",
             "Dropout, on clean and noisy test inputs",
             "3 x 512 ReLU units, Adam, 20 epochs; test noise std 0 or 1.",
-            ["experiment=tips/dropout", "hydra/launcher=batched"],
+            ["experiment=tips/dropout"],
             plot_keys=["model.dropout"],
         ),
     ]
@@ -158,6 +171,16 @@ def images_dir(page: Path) -> Path:
     return page.parent / page.stem.lower()
 
 
+def section_overrides(section: Section, extra: list[str]) -> list[str]:
+    """The section's sweep: its presets, the seeds and the batched launcher, then `extra`.
+
+    A `seed=` or `hydra/launcher=` in `extra` (from --set) replaces the report's own.
+    """
+    own = [SEEDS, section.launcher]
+    own = [o for o in own if not any(e.startswith(o.split("=")[0] + "=") for e in extra)]
+    return [*section.overrides, *own, *extra]
+
+
 def run_section(section: Section, sweep_dir: Path, extra: list[str]) -> None:
     """Run a section's presets as one Hydra multirun into `sweep_dir` (finished jobs kept)."""
     resume = [f"sweep.resume={sweep_dir}"] if sweep_dir.is_dir() else []
@@ -165,8 +188,7 @@ def run_section(section: Section, sweep_dir: Path, extra: list[str]) -> None:
         sys.executable,
         str(ROOT / "scripts" / "train.py"),
         "-m",
-        *section.overrides,
-        *extra,
+        *section_overrides(section, extra),
         f"hydra.sweep.dir={sweep_dir}",
         *resume,
     ]
@@ -174,64 +196,371 @@ def run_section(section: Section, sweep_dir: Path, extra: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def section_table(section: Section, runs: pd.DataFrame) -> pd.DataFrame:
-    """The settings that differ, then train / val / test accuracy, epochs and seconds."""
+def mean_std(values: pd.Series, digits: int = 3) -> str:
+    """'0.855 ± 0.004' over seeds; the value alone for one run."""
+    values = pd.to_numeric(values).dropna()
+    if values.empty:
+        return ""
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def status_cell(group: pd.DataFrame) -> str:
+    """'completed', or each status with its count: '**diverged** (3 of 3 seeds)'."""
+    counts = group["status"].value_counts()
+    if list(counts.index) == ["completed"]:
+        return "completed"
+    return ", ".join(
+        f"{'**diverged**' if s == 'diverged' else s} ({n} of {len(group)} seeds)"
+        for s, n in counts.items()
+    )
+
+
+def _seconds_per_epoch(run_dir: Path) -> float | None:
+    """One run's share of an epoch: a batched group's epoch time divided by its runs."""
+    metrics = read_metrics(run_dir) or {}
+    seconds = metrics.get("seconds_per_epoch")
+    if seconds is None:
+        return None
+    return seconds / (metrics.get("batch") or {}).get("members", 1)
+
+
+def varying_settings(runs: pd.DataFrame) -> list[str]:
+    """The keys that differ between the runs, without the seed (which the tables pool)."""
     varying, _ = split_settings(runs.drop(columns="path"))
-    table = runs[["run", *varying, "status", "train/acc", "val/acc", "test/acc", "epochs"]].copy()
-    table["s/epoch"] = [
-        (read_metrics(Path(r)) or {}).get("seconds_per_epoch") for r in runs["path"]
-    ]
-    if section.name == "lecture":
-        steps = [int(str(e).rsplit("step", 1)[-1]) for e in runs["experiment"]]
-        table.insert(1, "step", steps)
-        table["change"] = [LECTURE_PUBLISHED[s][0] for s in steps]
-        table["published train/acc"] = [LECTURE_PUBLISHED[s][1] for s in steps]
-        table["published test/acc"] = [LECTURE_PUBLISHED[s][2] for s in steps]
-        table = table.drop(columns=["experiment"]).sort_values("step")
-    return table.drop(columns=["run"])
+    return [k for k in varying if k != "seed"]
+
+
+def section_table(section: Section, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting: its seeds, status, train / val / test accuracy as mean ± std,
+    epochs and seconds per epoch; the lecture's steps with their change and published numbers."""
+    rows = []
+    for setting, group in settings_groups(runs, varying_settings(runs)):
+        row = dict(setting)
+        if section.name == "lecture":  # the step's number and change instead of its preset name
+            experiment = str(group["experiment"].iloc[0])
+            preset = lecture_preset(experiment)
+            row = {"step": int(experiment.rsplit("step", 1)[-1]), "change": preset.get("change")}
+        row["seeds"] = len(group)
+        row["status"] = status_cell(group)
+        for metric in ("train/acc", "val/acc", "test/acc"):
+            row[metric] = mean_std(group[metric])
+        epochs = group["epochs"].dropna().astype(int)
+        row["epochs"] = (
+            f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}-{epochs.max()}"
+        )
+        seconds = pd.Series([_seconds_per_epoch(Path(r)) for r in group["path"]], dtype=float)
+        row["s/epoch"] = f"{seconds.mean():.3f}" if seconds.notna().any() else ""
+        if section.name == "lecture":
+            published = preset.get("published", {})
+            row["published train/acc"] = published.get("train/acc")
+            row["published test/acc"] = published.get("test/acc")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.sort_values("step") if section.name == "lecture" else table
+
+
+def compare(runs: pd.DataFrame, key: str, others: list[str], metric: str = "test/acc") -> list[str]:
+    """Sentences ranking the values of `key` by mean `metric` that the error bars allow.
+
+    Two settings are told apart only when their mean ± std intervals do not overlap;
+    otherwise they are "within seed noise" of each other. One per setting of `others`.
+    """
+    sentences = []
+    for setting, group in settings_groups(runs, others):
+        where = ", ".join(short_label(k, v) for k, v in setting.items())
+        stats = seed_stats(group, [key], metric)
+        diverged = stats[stats["diverged"] > 0]
+        fine = stats[stats["diverged"] == 0].sort_values("mean", ascending=False)
+        prefix = f"With {where}: " if where else ""
+        if fine.empty:
+            sentences.append(f"{prefix}every setting diverged.")
+            continue
+        if fine["n"].min() < 2:
+            sentences.append(f"{prefix}one seed per setting: no error bars, no ranking.")
+            continue
+        best = fine.iloc[0]
+        rest = fine.iloc[1:]
+        close = rest[rest["mean"] + rest["std"] >= best["mean"] - best["std"]]
+        below = rest.drop(close.index)
+        text = f"{prefix}highest mean {metric}: {_interval(best, key)}"
+        if rest.empty:
+            text += "."
+        elif close.empty:
+            text += ", above every other setting by more than the seed noise."
+        elif below.empty:
+            text += "; every other setting is within seed noise of it: " + _join(close, key) + "."
+        else:
+            text += "; within seed noise of it: " + _join(close, key)
+            text += "; below it by more than the seed noise: " + _join(below, key) + "."
+        if not diverged.empty:
+            text += (
+                " Diverged: "
+                + ", ".join(
+                    f"{short_label(key, r[key])} ({r['diverged']} of {r['n']} seeds)"
+                    for _, r in diverged.iterrows()
+                )
+                + "."
+            )
+        sentences.append(text)
+    return sentences
+
+
+def _join(rows: pd.DataFrame, key: str) -> str:
+    return ", ".join(_interval(r, key) for _, r in rows.iterrows())
+
+
+def _interval(row: pd.Series, key: str) -> str:
+    return f"{short_label(key, row[key])} ({row['mean']:.3f} ± {row['std']:.3f})"
+
+
+def compare_settings(runs: pd.DataFrame, keys: list[str], metric: str = "test/acc") -> list[str]:
+    """compare() over the combinations of several keys, as one categorical key."""
+    combined = runs.assign(
+        setting=[" ".join(short_label(k, row[k]) for k in keys) for _, row in runs.iterrows()]
+    )
+    return [s.replace("setting=", "") for s in compare(combined, "setting", [], metric)]
 
 
 def plot_grad_norms(runs: pd.DataFrame, out: Path) -> Path:
+    """grad_norms_figure() as a PNG."""
+    grad_norms_figure(runs).savefig(out, dpi=110)
+    return out
+
+
+def grad_norms_figure(runs: pd.DataFrame) -> Figure:
     """Mean gradient norm of each layer in the first epoch, for the deepest network of each
-    activation: vanishing gradients show as a steep slope towards the input."""
-    deepest = runs[runs["model.depth"].astype(int) == runs["model.depth"].astype(int).max()]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for _, row in deepest.iterrows():
-        first = ((read_metrics(Path(row["path"])) or {}).get("history") or [{}])[0]
-        names = [k for k in first if k.startswith("grad_norm/")]
-        ax.plot(
-            range(1, len(names) + 1), [first[k] for k in names], marker="o", label=str(row["model"])
-        )
-        ax.set_xticks(
+    activation (mean over seeds, bars from the lowest to the highest seed): vanishing
+    gradients show as a steep slope towards the input."""
+    depth = runs["model.depth"].astype(int)
+    deepest = runs[depth == depth.max()]
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for setting, group in settings_groups(deepest, ["model"]):
+        firsts = pd.DataFrame([history_frame(Path(r)).iloc[0] for r in group["path"]])
+        names = [k for k in firsts if k.startswith("grad_norm/")]
+        mean = firsts[names].mean()
+        error = [mean - firsts[names].min(), firsts[names].max() - mean]
+        ax.errorbar(
             range(1, len(names) + 1),
-            [n.split("/")[1] for n in names],
-            rotation=45,
-            fontsize="small",
+            mean,
+            yerr=error,
+            marker="o",
+            capsize=3,
+            label=setting["model"],
         )
+        ax.set_xticks(range(1, len(names) + 1), [n.split("/")[1] for n in names], rotation=45)
     ax.set_yscale("log")
     ax.set_ylabel("mean gradient norm, epoch 1")
-    ax.set_title(f"Gradient norm per layer, {int(deepest['model.depth'].iloc[0])} hidden layers")
+    seeds = deepest["seed"].nunique() if "seed" in deepest else 1
+    ax.set_title(
+        f"Gradient norm per layer, {depth.max()} hidden layers\n"
+        f"(mean of {seeds} seeds, bars: lowest to highest seed)"
+    )
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_lecture(runs: pd.DataFrame, out: Path) -> Path:
+    """lecture_figure() as a PNG."""
+    lecture_figure(runs).savefig(out, dpi=110)
     return out
+
+
+def lecture_figure(runs: pd.DataFrame) -> Figure:
+    """One panel per step, titled by what it changes: train and val accuracy per epoch (mean
+    over seeds, band from lowest to highest), the final test accuracy as mean ± std, and a
+    red cross with its epoch where a run diverged."""
+    steps = sorted(
+        settings_groups(runs, ["experiment"]), key=lambda g: int(g[0]["experiment"][12:])
+    )
+    cols = 3
+    rows = math.ceil(len(steps) / cols)
+    fig = Figure(figsize=(12, 3.2 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    # the final test accuracy stands one tick after the last epoch, labelled "test"
+    test_x = 1 + max((len(history_frame(Path(r))) for r in runs["path"]), default=1)
+    for ax, (setting, group) in zip(axes, steps):
+        experiment = setting["experiment"]
+        ax.set_title(f"step {experiment[12:]}: {lecture_preset(experiment).get('change', '')}")
+        for metric, style in (("train/acc", "--"), ("val/acc", "-")):
+            table = pd.DataFrame(
+                {
+                    r: history_frame(Path(r)).set_index("epoch")[metric]
+                    for r in group["path"]
+                    if metric in history_frame(Path(r))
+                }
+            )
+            if table.empty:
+                continue
+            color = "tab:blue" if metric == "val/acc" else "tab:gray"
+            ax.plot(table.index, table.mean(axis=1), style, color=color, label=metric)
+            ax.fill_between(
+                table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2
+            )
+        test = pd.to_numeric(group["test/acc"])
+        ax.errorbar(
+            [test_x],
+            [test.mean()],
+            yerr=[test.std(ddof=1) if len(test) > 1 else 0],
+            fmt="o",
+            color="tab:orange",
+            capsize=4,
+            label="final test/acc",
+        )
+        note = diverged_note(group)
+        if note:
+            bad = group[group["status"] == "diverged"]
+            ax.scatter(
+                bad["epochs"].fillna(0).astype(int) + 1,
+                pd.to_numeric(bad["val/acc"]),
+                label="diverged",
+                **DIVERGED,
+            )
+            ax.text(
+                0.5,
+                0.5,
+                note.replace(" (", "\n("),
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="tab:red",
+                fontsize="large",
+            )
+        ax.set_ylim(0, 1)
+        epochs = MaxNLocator(nbins=5, integer=True).tick_values(1, test_x - 1)
+        ticks = [e for e in epochs if 1 <= e < test_x - 1] + [test_x - 1, test_x]
+        ax.set_xticks(ticks, [f"{e:.0f}" for e in ticks[:-1]] + ["test"])
+        ax.grid(alpha=0.3)
+    for ax in axes[len(steps) :]:
+        ax.set_visible(False)
+    for ax in axes[-cols:]:
+        ax.set_xlabel("epoch")
+    for ax in axes[::cols]:
+        ax.set_ylabel("accuracy")
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles))
+    seeds = runs["seed"].nunique() if "seed" in runs else 1
+    fig.suptitle(
+        f"The lecture's steps: accuracy per epoch (mean of {seeds} seeds, band: lowest to highest)"
+    )
+    return fig
+
+
+def plot_early_stopping(runs: pd.DataFrame, out: Path) -> Path:
+    """early_stopping_figure() as a PNG."""
+    early_stopping_figure(runs).savefig(out, dpi=110)
+    return out
+
+
+def early_stopping_figure(runs: pd.DataFrame) -> Figure:
+    """Train and val loss per epoch, one panel per patience, one colour per seed: where the
+    val loss turns up (overfitting), where patience stopped each run (|) and the best epoch
+    whose weights restore_best reports (*). restore_best changes only the reported weights,
+    so its runs draw the same curves and the panels show one of each pair."""
+    key = "trainer.early_stopping.patience"
+    panels = settings_groups(runs, [key])
+    fig = Figure(figsize=(6 * len(panels), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
+    for ax, (setting, group) in zip(axes, panels):
+        patience = setting[key]
+        first = group.drop_duplicates("seed") if "seed" in group else group.head(1)
+        for i, (_, row) in enumerate(first.iterrows()):
+            color = colors[i % len(colors)]
+            history = history_frame(Path(row["path"])).set_index("epoch")
+            seed = row.get("seed", "0")
+            ax.plot(history.index, history["train/loss"], ":", color=color)
+            ax.plot(history.index, history["val/loss"], "-", color=color, label=f"seed {seed}")
+            best = int(row["best_epoch"])
+            ax.plot(
+                best,
+                history.loc[best, "val/loss"],
+                "*",
+                color=color,
+                markersize=14,
+                markeredgecolor="black",
+            )
+            stop = int(history.index.max())
+            ax.plot(
+                stop,
+                history.loc[stop, "val/loss"],
+                "|",
+                color="black",
+                markersize=18,
+                markeredgewidth=2,
+            )
+        title = "no early stopping" if patience in ("null", "None") else f"patience {patience}"
+        stopped = first["epochs"].astype(int)
+        ax.set_title(
+            f"{title}: {stopped.min()}-{stopped.max()} epochs"
+            if stopped.min() != stopped.max()
+            else f"{title}: {stopped.min()} epochs"
+        )
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("loss (log scale)")
+    legend = [
+        Line2D([], [], linestyle=":", color="gray", label="train/loss"),
+        Line2D([], [], linestyle="-", color="gray", label="val/loss"),
+        Line2D(
+            [],
+            [],
+            marker="*",
+            linestyle="",
+            color="gray",
+            markeredgecolor="black",
+            markersize=12,
+            label="best epoch (lowest val/loss): restored with restore_best",
+        ),
+        Line2D(
+            [],
+            [],
+            marker="|",
+            linestyle="",
+            color="black",
+            markersize=14,
+            markeredgewidth=2,
+            label="last epoch trained (where patience stopped it)",
+        ),
+    ]
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        legend + handles,
+        [h.get_label() for h in legend] + labels,
+        loc="outside lower center",
+        ncols=3,
+        fontsize="small",
+    )
+    fig.suptitle("Early stopping: train and val loss per epoch, each seed a colour")
+    return fig
+
+
+def finished_runs(sweep_dir: Path) -> pd.DataFrame:
+    """The completed, diverged or pruned runs of a sweep, with each run dir in `path`."""
+    runs = collect_runs(sweep_dir) if sweep_dir.is_dir() else pd.DataFrame()
+    if runs.empty:
+        return runs
+    runs = runs[runs["status"].isin(DONE)]
+    return runs.assign(path=[str(sweep_dir / r) for r in runs["run"]])
 
 
 def write_report(
     sections: list[Section], runs_dir: Path, out: Path, command: str, notes_dir: Path | None = None
 ) -> Path:
-    """The page `out`, a table and plots per section, from the runs on disk.
+    """The page `out`, a table, plots and measured comparisons per section, from the runs on disk.
 
     The PNGs go into the page's own folder (images_dir), so no other page's are replaced.
     Raises FileNotFoundError, and writes nothing, when no section has a finished run.
     """
-    finished = {}
-    for section in sections:
-        sweep_dir = runs_dir / section.name
-        runs = collect_runs(sweep_dir) if sweep_dir.is_dir() else pd.DataFrame()
-        finished[section.name] = runs[runs["status"].isin(DONE)] if not runs.empty else runs
+    finished = {s.name: finished_runs(runs_dir / s.name) for s in sections}
     if all(runs.empty for runs in finished.values()):
         where = runs_dir if runs_dir.is_dir() else f"{runs_dir}, which does not exist"
         names = ", ".join(s.name for s in sections)
@@ -247,18 +576,33 @@ def write_report(
         if runs.empty:
             parts += ["No finished runs.", ""]
             continue
-        runs = runs.assign(path=[str(sweep_dir / r) for r in runs["run"]])
         data_name = _data_name(sweep_dir)
-        parts += [f"Data: `{data_name}`. Sweep: `{' '.join(section.overrides)}`.", ""]
+        sweep = " ".join(section_overrides(section, []))
+        parts += [f"Data: `{data_name}`. Sweep: `{sweep}`.", ""]
         parts += [markdown_table(section_table(section, runs), digits=3), ""]
-        varying, _ = split_settings(runs.drop(columns="path"))
-        figures = [plot_curves(sweep_dir, runs, varying, images / f"{section.name}_curves.png")]
+        varying = varying_settings(runs)
+        curves = images / f"{section.name}_curves.png"
+        if section.curves == "lecture":
+            figures = [plot_lecture(runs, curves)]
+        elif section.curves == "early_stopping":
+            figures = [plot_early_stopping(runs, curves)]
+        else:
+            # test noise changes no training curve: its runs would hide one another
+            keys = [k for k in varying if k != TEST_ONLY]
+            figures = [plot_curves(sweep_dir, runs, keys, curves, section.curves)]
+        measured = []
         for key in (k for k in section.plot_keys if k in runs):  # a key the sweep has
-            others = [k for k in varying if k not in (key, "seed")]
+            others = [k for k in varying if k != key]
             figures.append(plot_against(runs, key, others, images / f"{section.name}_{key}.png"))
+            measured += compare(runs, key, others)
+        if not section.plot_keys and varying and section.curves != "lecture":
+            measured += compare_settings(runs, varying)
         if section.grad_norms:
             figures.append(plot_grad_norms(runs, images / f"{section.name}_grad_norms.png"))
         parts += [f"![{f.stem}]({images.name}/{f.name})" for f in figures] + [""]
+        if measured:
+            parts += ["**Measured** (test/acc, mean ± std over seeds):", ""]
+            parts += [f"- {s[0].upper()}{s[1:]}" for s in measured] + [""]
         note = (notes_dir or out.parent / "notes") / f"{section.name}.md"
         if note.is_file():
             parts += ["**What we saw.** " + note.read_text().strip(), ""]
@@ -267,9 +611,18 @@ def write_report(
         "",
         f"Generated by `{command}` on {date.today():%Y-%m-%d}, on {_machine()}.",
         "Every number below comes from that run; rerunning the command resumes it (finished",
-        "jobs are kept) and rewrites this page. Accuracies are fractions of 1, `train/acc` is",
-        "measured after training over the whole training split (eval mode), `s/epoch` is the",
-        "mean time of one epoch's training pass.",
+        "jobs are kept) and rewrites this page. Every setting runs with seeds 0, 1 and 2",
+        f"(`{SEEDS}` unless the command sets `seed=`; the `seeds` column counts them), and",
+        f"the batched launcher (`{BATCHED}`) trains the runs that share a network shape",
+        "together. Tables give mean ± std over the seeds; plots show the mean,",
+        "with error bars of ± 1 std or a band from the lowest to the highest seed, and each",
+        "seed as a dot. A **Measured** line calls a setting better than another only when",
+        "their mean ± std intervals do not overlap; otherwise they are within seed noise.",
+        "Diverged runs (a non-finite loss: training stops, the best weights so far are",
+        "reported) are marked in every table and plot. Accuracies are fractions of 1,",
+        "`train/acc` is measured after training over the whole training split (eval mode),",
+        "`s/epoch` is the mean time of one epoch's training pass per run (a batched group's",
+        "epoch time divided by its runs).",
         "",
     ]
     out.write_text("\n".join(header + parts))

@@ -32,6 +32,7 @@ RESUMABLE = (
     "data.root",  # where the files are, not what they are
     "data.download",
     "sweep.resume",
+    "lecture.",  # a preset's description (its published numbers), not a setting
 )
 
 
