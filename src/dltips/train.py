@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 OPTIMIZER_WIDE = ("_target_", "_partial_", "fused", "foreach", "capturable", "differentiable")
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
@@ -70,18 +70,9 @@ def evaluate(
 ) -> tuple[float, float]:
     """(mean loss, accuracy) of `model` in eval mode over all of x, y."""
     model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for i in range(0, len(y), chunk):
-        xb, yb = x[i : i + chunk], y[i : i + chunk]
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(xb)
-            loss_sum += criterion(logits, yb).float() * len(yb)
-        correct += (logits.argmax(dim=1) == yb).sum()
-    return (loss_sum / len(y)).item(), correct.item() / len(y)
+    return _loss_and_accuracy(model, criterion, x, y, bf16, chunk)[0]
 
 
-@torch.no_grad()
 def evaluate_stacked(
     stack: StackedMLP,
     x: torch.Tensor,
@@ -92,18 +83,27 @@ def evaluate_stacked(
 ) -> list[tuple[float, float]]:
     """Each member's (mean loss, accuracy) over (K, N, features) inputs x and (K, N)
     labels y: what `evaluate` gives for each member's model, in one pass and one sync."""
-    k, n = y.shape
-    rows = max(1, chunk // k)  # about `chunk` samples of all members at a time
-    loss_sum = torch.zeros(k, device=x.device)
-    correct = torch.zeros(k, device=x.device, dtype=torch.long)
+    rows = max(1, chunk // len(y))  # about `chunk` samples of all members at a time
+    losses = partial(member_losses, criteria)
+    return _loss_and_accuracy(stack.forward, losses, x, y, bf16, rows)
+
+
+@torch.no_grad()
+def _loss_and_accuracy(forward, loss_of, x, y, bf16: bool, rows: int) -> list[tuple[float, float]]:
+    """(mean loss, accuracy) over all of x, y, `rows` samples at a time, read in one sync:
+    of one model (x (N, features), y (N,)) or of each of K members (x (K, N, features),
+    y (K, N)). `loss_of(logits, y)` is the mean loss of a chunk (per member: (K,))."""
+    n = y.shape[-1]
+    loss_sum = torch.zeros(y.shape[:-1], device=x.device)
+    correct = torch.zeros(y.shape[:-1], device=x.device, dtype=torch.long)
     for i in range(0, n, rows):
-        xb, yb = x[:, i : i + rows], y[:, i : i + rows]
+        xb, yb = x[..., i : i + rows, :], y[..., i : i + rows]
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = stack.forward(xb)
-            loss_sum += member_losses(criteria, logits, yb).float() * yb.shape[1]
+            logits = forward(xb)
+            loss_sum += loss_of(logits, yb).float() * yb.shape[-1]
         correct += (logits.argmax(dim=-1) == yb).sum(dim=-1)
-    packed = torch.stack([loss_sum / n, correct / n], dim=1).tolist()  # the CPU waits here
-    return [(loss, acc) for loss, acc in packed]
+    packed = torch.stack([loss_sum / n, correct.to(loss_sum.dtype)], dim=-1)
+    return [(loss, right / n) for loss, right in packed.view(-1, 2).tolist()]  # the sync
 
 
 @dataclass
