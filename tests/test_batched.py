@@ -14,7 +14,7 @@ from dltips.checkpoint import load_checkpoint
 from dltips.data import load_dataset
 from dltips.group import group_jobs, group_key
 from dltips.models import build_mlp
-from dltips.stacked import MemberOptimizer, StackedMLP, member_losses
+from dltips.stacked import MemberOptimizer, StackedLinear, StackedMLP, member_losses
 from dltips.train import Job, train, train_group
 
 SMALL = ["model.width=32", "trainer.max_epochs=3", "trainer.early_stopping.patience=null"]
@@ -100,6 +100,26 @@ def test_the_group_optimizer_is_each_members_torch_optimizer_and_frozen_means_fr
         assert state["param_groups"] == want["param_groups"]
         torch.testing.assert_close(state["state"], want["state"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(group.member_state(1), frozen, rtol=0, atol=0)
+
+
+def test_stacked_linear_has_baddbmms_gradients_in_the_weights_own_layout():
+    digits = load_dataset(make_cfg().data, seed=0).x_train[:60].view(3, 20, 784).double()
+    weight = torch.randn(3, 16, 784, dtype=torch.double, requires_grad=True)
+    bias = torch.randn(3, 16, dtype=torch.double, requires_grad=True)
+    h = digits.clone().requires_grad_()
+    assert torch.autograd.gradcheck(StackedLinear.apply, (h[:, :4], weight, bias))
+    wanted = torch.autograd.grad(
+        torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)).tanh().sum(), [h, weight, bias]
+    )
+    got = torch.autograd.grad(StackedLinear.apply(h, weight, bias).tanh().sum(), [h, weight, bias])
+    for a, b in zip(got, wanted, strict=True):
+        torch.testing.assert_close(a, b)
+    assert got[1].is_contiguous()  # no copy into the leaf's layout at every step
+    weight32 = weight.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # trainer.precision=bf16
+        out = StackedLinear.apply(digits.float(), weight32, bias.detach().float())
+    out.float().sum().backward()
+    assert (out.dtype, weight32.grad.dtype) == (torch.bfloat16, torch.float32)
 
 
 def test_dropout_draws_each_runs_own_masks_reproducibly(tmp_path):

@@ -76,6 +76,24 @@ def test_decoded_tensors_are_cached_under_the_data_root(data_root, digits):
     assert torch.load(cache, weights_only=True)["x_train"].shape == (4000, 784)
 
 
+def test_the_runs_of_a_process_read_the_cache_once_until_it_changes(data_root, monkeypatch):
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    cfg = make_cfg().data
+    first, second = load_dataset(cfg, seed=0), load_dataset(cfg, seed=1)
+    assert len(reads) <= 1  # none when an earlier test of this process read it already
+    assert not torch.equal(first.x_val, second.x_val)  # each run still splits by its seed
+    cache = data_root / "cache" / "mnist_5k.pt"
+    raw = real_load(cache, weights_only=True)
+    torch.save({**raw, "y_test": raw["y_test"].flip(0)}, cache)  # a new cache is read again
+    try:
+        assert torch.equal(read_cached(cfg)["y_test"], raw["y_test"].flip(0))
+        assert reads[-1] == cache
+    finally:  # the other tests share this data root
+        torch.save(raw, cache)
+
+
 def test_stratified_holdout_keeps_class_shares():
     y = torch.tensor([0] * 90 + [1] * 10)
     keep, held = stratified_holdout(y, 10, torch.Generator().manual_seed(0))

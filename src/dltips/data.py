@@ -19,6 +19,8 @@ from dltips.checkpoint import atomic_save, find_os_error
 from dltips.errors import ConfigError, DataError, OutputError
 
 log = logging.getLogger(__name__)
+# the data cache last read in this process, by (path, mtime, size); never modified in place
+_last_read: dict[tuple[str, int, int], dict[str, torch.Tensor]] = {}
 
 MNIST_5K_TEST_SIZE = 1000  # fixed, stratified, the same for every seed
 
@@ -153,10 +155,18 @@ def read_cached(cfg: DictConfig) -> dict[str, torch.Tensor]:
     root = data_root(cfg.root)
     cache = root / "cache" / f"{cfg.name}.pt"
     if cache.exists():
+        stat = cache.stat()
+        key = (str(cache), stat.st_mtime_ns, stat.st_size)
+        if key in _last_read:  # the runs of a sweep in one process read it once
+            return _last_read[key]
         try:
-            return torch.load(cache, weights_only=True)
+            raw = torch.load(cache, weights_only=True)
         except Exception as err:  # a cache is disposable: rebuild it
             log.warning("Ignoring unreadable cache %s (%s); decoding again", cache, err)
+        else:
+            _last_read.clear()  # one data set in memory at a time
+            _last_read[key] = raw
+            return raw
     read = instantiate(cfg.source, _partial_=True)  # called directly: its errors stay ours
     raw = read(root=root, download=cfg.download)
     try:

@@ -71,7 +71,7 @@ class StackedMLP:
         member's own generator when `generators` is given (training)."""
         h = x
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+            h = StackedLinear.apply(h, weight, bias)
             if i < len(self.activations):
                 h = self.activations[i](h)
                 if generators is not None and dropout and any(dropout):
@@ -81,6 +81,36 @@ class StackedMLP:
     def zero_grad(self) -> None:
         for leaf in self.leaves:
             leaf.grad = None
+
+
+class StackedLinear(torch.autograd.Function):
+    """K linear layers at once: (K, B, in) inputs, (K, out, in) weights, (K, out) biases.
+
+    The forward is `torch.baddbmm`, as autograd would run it. The backward is written out
+    so that the weight gradient is computed as (K, out, in), the leaf's own layout:
+    baddbmm's own backward makes it as the transpose of a (K, in, out) product, which
+    autograd then copies into the leaf's layout on every step (measured on 2 CPU cores:
+    about a sixth of a batched 784-128-128-10 step). Under autocast the product runs in
+    the lower precision and each gradient is returned in its tensor's own dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, weight)
+        ctx.bias_dtype = bias.dtype
+        return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, weight = ctx.saved_tensors
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.bmm(grad, weight.to(grad.dtype)).to(h.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(grad.transpose(1, 2), h.to(grad.dtype)).to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(1).to(ctx.bias_dtype)
+        return grad_h, grad_w, grad_b
 
 
 def _dropout_masks(

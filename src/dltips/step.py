@@ -216,12 +216,21 @@ def run_epoch(
     `on_step` is called after each step (a progress bar); it must not read the device.
     """
     sizes = []
-    rows = torch.arange(len(x), device=x.device).unsqueeze(1) if x.dim() == 3 else None
+    # index_select is 2-3x faster than x[batch] on CPUs, where the gather is a tenth of a step
+    if x.dim() == 3:  # K members, each its own data and shuffle: (K, B) gathers
+        k, n = y.shape
+        flat_x, flat_y = x.reshape(k * n, -1), y.reshape(k * n)
+        offsets = torch.arange(0, k * n, n, device=x.device).unsqueeze(1)  # each row's start
     for index, batch in enumerate(batches):
-        if rows is None:
-            step(x[batch], y[batch], index)
-        else:  # K members, each its own data and shuffle: (K, B) gathers
-            step(x[rows, batch], y[rows, batch], index)
+        if x.dim() == 2:
+            step(x.index_select(0, batch), y.index_select(0, batch), index)
+        else:
+            rows = (batch + offsets).flatten()
+            step(
+                flat_x.index_select(0, rows).view(k, -1, x.shape[-1]),
+                flat_y.index_select(0, rows).view(k, -1),
+                index,
+            )
         sizes.append(batch.shape[-1])
         if on_step is not None:
             on_step()

@@ -12,6 +12,7 @@ What `tensorboard --logdir <sweep dir>` shows without a click:
   `<sweep dir>/hparams/`; each job writes only its own values (a session).
 """
 
+import functools
 import logging
 import math
 import re
@@ -45,11 +46,17 @@ HPARAMS_DIR = "hparams"  # the sweep's experiment: a TensorBoard run of its own
 def swept_keys(sweep_dir: Path) -> list[str] | None:
     """The keys a sweep varies, in command-line order (a preset's `hydra.sweeper.params`
     first), from its multirun.yaml; None when `sweep_dir` holds no sweep."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.is_file():
         return None
+    stat = path.stat()  # every job asks; the file is parsed once per version (~60 ms each)
+    return list(_swept_keys(path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _swept_keys(path: Path, mtime_ns: int, size: int) -> list[str] | None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     try:
         hydra = OmegaConf.load(path).hydra
         params = hydra.sweeper.get("params")
