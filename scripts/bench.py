@@ -171,7 +171,13 @@ def import_torch_seconds() -> float:
 
 
 def batched_vs_sequential(
-    members: int, width: int, epochs: int, device: str, out: Path, alone: int | None = None
+    members: int,
+    width: int | None,
+    epochs: int,
+    device: str,
+    out: Path,
+    alone: int | None = None,
+    sets: tuple[str, ...] = (),
 ) -> dict:
     """Model-epochs per second of runs (seeds 0..K-1) trained one after another in this
     process, and of all K trained together as one batched group (mnist_5k, Adam, batch 100).
@@ -185,10 +191,11 @@ def batched_vs_sequential(
 
     overrides = [
         "data=mnist_5k",
-        f"model.width={width}",
+        *([f"model.width={width}"] if width else []),
         f"trainer.max_epochs={epochs}",
         "trainer.early_stopping.patience=null",
         f"trainer.device={device}",
+        *sets,  # e.g. experiment=lecture/step4 data=fashion_mnist
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfgs = [compose("train", overrides=[*overrides, f"seed={k}"]) for k in range(members)]
@@ -206,6 +213,7 @@ def batched_vs_sequential(
         return len(configs) * epochs / (time.perf_counter() - start)
 
     result = {"members": members, "width": width, "epochs": epochs, "device": device}
+    result["overrides"] = overrides
     if device.startswith("cuda"):
         result["alone_eager_model_epochs_per_s"] = rate(eager, "eager")
         result["alone_graphed_model_epochs_per_s"] = rate(solo, "graphed")
@@ -230,7 +238,16 @@ def main() -> None:
     parser.add_argument(
         "--members", type=int, help="time K runs alone against one batched group of K instead"
     )
-    parser.add_argument("--width", type=int, default=128, help="hidden width for --members")
+    parser.add_argument(
+        "--width", type=int, help="hidden width for --members (default 128, or the --set config's)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --members: a config override for every run, e.g. --set experiment=lecture/step4",
+    )
     parser.add_argument(
         "--alone", type=int, help="with --members: time only this many solo runs (default: K)"
     )
@@ -239,12 +256,14 @@ def main() -> None:
     if args.members:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["DLTIPS_DATA_DIR"] = str(Path(tmp) / "data")
+            width = args.width or (None if args.set else 128)
             result = batched_vs_sequential(
-                args.members, args.width, args.epochs, args.device, Path(tmp), args.alone
+                args.members, width, args.epochs, args.device, Path(tmp), args.alone, args.set
             )
+        what = " ".join(args.set) if args.set else f"784-{width}-{width}-10 on mnist_5k"
         print(
-            f"{args.members} runs of 784-{args.width}-{args.width}-10, {args.epochs} epochs "
-            f"on mnist_5k ({device}): alone {result['sequential_model_epochs_per_s']:.2f}, "
+            f"{args.members} runs of {what}, {args.epochs} epochs ({device}): "
+            f"alone {result['sequential_model_epochs_per_s']:.2f}, "
             f"batched {result['batched_model_epochs_per_s']:.2f} model-epochs/s: "
             f"{result['batched_vs_sequential']:.2f}x"
             + (

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from conftest import file_digests, make_cfg, run_script, start_script, wait_for
 from dltips.checkpoint import load_checkpoint
 from dltips.data import load_dataset
-from dltips.group import group_jobs, group_key
+from dltips.group import cpu_too_large, group_jobs, group_key, memory_cap, num_params
 from dltips.models import build_mlp
 from dltips.stacked import MemberOptimizer, StackedLinear, StackedMLP, member_losses
 from dltips.train import Job, train, train_group
@@ -169,6 +169,17 @@ def test_runs_group_by_shape_and_split_at_the_cap():
     assert group_jobs(keys, 2) == [[0, 1], [2], [3, 4], [5]]
     other = [make_cfg("seed=0", "model.width=32"), make_cfg("seed=0", "optim.lr=0.5")]
     assert group_jobs([group_key(c) for c in other], None) == [[0], [1]]  # width splits
+    assert group_jobs(keys, {keys[0]: 1, keys[3]: 5}) == [[0], [1], [2], [3, 4, 5]]
+
+
+def test_on_the_cpu_only_networks_that_gain_from_batching_are_grouped():
+    small = make_cfg("trainer.device=cpu")  # 784-64-64-10
+    lecture = make_cfg("experiment=lecture/step4", "trainer.device=cpu", tiny=False)  # 13 x 689
+    assert num_params(lecture) == sum(
+        p.numel() for p in instantiate(lecture.model, 784, 10).parameters()
+    )
+    assert cpu_too_large(lecture) and memory_cap(lecture) == 1
+    assert not cpu_too_large(small) and memory_cap(small) > 1
 
 
 @pytest.mark.slow

@@ -42,6 +42,10 @@ PER_RUN = (
 )
 
 
+# on the CPU, networks with more parameters train one by one (see cpu_too_large)
+CPU_MAX_PARAMS = 2_000_000
+
+
 def group_key(cfg: DictConfig) -> str:
     """What must be equal for runs to train together: every setting but the PER_RUN ones,
     and the epoch a resumed run starts from."""
@@ -58,16 +62,30 @@ def _per_run(key: str) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in PER_RUN)
 
 
-def group_jobs(keys: list[str], cap: int | None) -> list[list[int]]:
-    """Indices of jobs with equal keys, in job order, in groups of at most `cap`."""
+def group_jobs(keys: list[str], cap: int | dict[str, int] | None) -> list[list[int]]:
+    """Indices of jobs with equal keys, in job order, in groups of at most `cap` (one for
+    all, or per key)."""
     by_key: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
         by_key.setdefault(key, []).append(i)
     groups = []
-    for members in by_key.values():
-        size = cap or len(members)
+    for key, members in by_key.items():
+        size = (cap.get(key) if isinstance(cap, dict) else cap) or len(members)
         groups += [members[i : i + size] for i in range(0, len(members), size)]
     return sorted(groups, key=lambda g: g[0])
+
+
+def _layer_sizes(cfg: DictConfig) -> list[int]:
+    """784, the hidden layers' output widths (maxout: width x pieces), 10."""
+    m = cfg.model
+    widths = list(m.width) if not isinstance(m.width, int) else [m.width] * m.depth
+    return [784, *(w * m.get("pieces", 1) for w in widths), 10]
+
+
+def num_params(cfg: DictConfig) -> int:
+    """The network's parameter count, from its config."""
+    sizes = _layer_sizes(cfg)
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
 
 
 def bytes_per_run(cfg: DictConfig) -> int:
@@ -75,16 +93,27 @@ def bytes_per_run(cfg: DictConfig) -> int:
     one batch's activations, and its own copy of the training split (float32; at most
     60,000 images when data.train_size does not say)."""
     train_images = cfg.data.train_size or 60_000
-    m = cfg.model
-    widths = list(m.width) if not isinstance(m.width, int) else [m.width] * m.depth
-    sizes = [784, *(w * m.get("pieces", 1) for w in widths), 10]
-    params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    sizes = _layer_sizes(cfg)
     activations = cfg.data.batch_size * sum(sizes) * 3  # forward, backward, dropout masks
-    return 4 * (4 * params + activations + train_images * 785)
+    return 4 * (4 * num_params(cfg) + activations + train_images * 785)
+
+
+def cpu_too_large(cfg: DictConfig) -> bool:
+    """Whether the network is too large to gain from batching on the CPU.
+
+    A group saves per-step overhead (Python, dispatch), not arithmetic or memory traffic:
+    each run still multiplies by its own weights. On 2 CPU cores (docs/PERFORMANCE.md) a
+    group of 784-1000-1000-10 (1.8M parameters) gained 1.04x, and one of the lecture's
+    13 x 689 networks (6.2M) trained 1.3 to 1.5x slower than the same runs one by one.
+    """
+    return resolve_device(cfg.trainer.device).type == "cpu" and num_params(cfg) > CPU_MAX_PARAMS
 
 
 def memory_cap(cfg: DictConfig) -> int:
-    """How many runs fit in half of the free memory of the device they train on."""
+    """How many runs fit in half of the free memory of the device they train on; 1 (each
+    run alone) for a network too large to gain from batching on the CPU."""
+    if cpu_too_large(cfg):
+        return 1
     device = resolve_device(cfg.trainer.device)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _available_ram()
     return max(1, free // 2 // bytes_per_run(cfg))

@@ -50,7 +50,14 @@ class BatchedLauncher(Launcher):
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
         from dltips.config import validate
-        from dltips.group import describe, group_jobs, group_key, memory_cap
+        from dltips.group import (
+            CPU_MAX_PARAMS,
+            cpu_too_large,
+            describe,
+            group_jobs,
+            group_key,
+            memory_cap,
+        )
         from dltips.task import prepare_job, train_jobs
         from dltips.train import Job
 
@@ -99,9 +106,15 @@ class BatchedLauncher(Launcher):
             except Exception:  # a bad config fails alone: train() reports what is wrong
                 keys.append(f"alone {num}")
         cap = self.max_members
-        valid = [job for (_, _, job), key in zip(jobs, keys) if not key.startswith("alone")]
-        if cap is None and valid:
-            cap = min(memory_cap(job.cfg) for job in valid)
+        if cap is None:  # each shape's own: what fits in memory, or 1 where batching is slower
+            valid = {k: job for (_, _, job), k in zip(jobs, keys) if not k.startswith("alone")}
+            cap = {key: memory_cap(job.cfg) for key, job in valid.items()}
+            if any(cpu_too_large(job.cfg) for job in valid.values()):
+                log.info(
+                    "On the CPU, networks of more than %s parameters train one by one: "
+                    "batched, they train no faster (hydra.launcher.max_members=K batches them)",
+                    f"{CPU_MAX_PARAMS:,}",
+                )
         groups = group_jobs(keys, cap)
         log.info("Batched %s", describe(groups, [num for _, num, _ in jobs]))
 
