@@ -1,8 +1,13 @@
 """PNG comparisons of runs: learning curves and final metrics against swept values.
 
 Runs that differ only in `seed` are one setting: curves show their mean with a band from the
-lowest to the highest seed, final metrics their mean ± std with every seed as a dot.
-Diverged runs are drawn as red crosses and named in the legend, never left out.
+lowest to the highest seed, final metrics their mean ± std with every seed as a dot. A key that
+a plot does not separate is named in its title, with what each line pools.
+Diverged runs are crosses on the bottom edge of the axes, at the epoch or setting where they
+diverged and named in the legend: never left out, never drawn at a height that reads as an
+accuracy, never stretching the y axis. Accuracy axes span at least MIN_ACC_SPAN, so that a
+difference within seed noise does not fill the panel; every line has its own marker shape,
+and a line hidden under another says so in the legend.
 """
 
 import contextlib
@@ -25,7 +30,59 @@ from dltips.runs import (
 
 DEFAULT = "(default)"  # how a plot shows a key that a run did not override
 TEST_ONLY = "data.test_noise_std"  # changes the test inputs only, never training or val
-DIVERGED = {"color": "tab:red", "marker": "X", "s": 70, "zorder": 5}  # scatter style
+DIVERGED = {"marker": "X", "markersize": 9, "markeredgecolor": "tab:red", "linestyle": ""}
+MIN_ACC_SPAN = 0.15  # an accuracy axis spans at least this: 0.01 is 1/15 of its height
+MARKERS = "osD^vP*<>h"  # one hollow shape per line: lines on top of each other still show
+
+
+def mark_diverged(ax, xs, label: str | None, color: object = "tab:red", note: bool = True) -> None:
+    """Crosses on the bottom edge of `ax` at `xs` (epochs or settings) for diverged runs, each
+    place with a red "diverged" above it (unless `note` is False).
+
+    Their y is in axes units: no cross reads as a measured value or stretches the y axis.
+    """
+    xs = list(xs)
+    ax.plot(
+        xs,
+        [0.0] * len(xs),
+        transform=ax.get_xaxis_transform(),
+        clip_on=False,
+        zorder=6,
+        markerfacecolor=color,
+        label=label,
+        gid="diverged",
+        **DIVERGED,
+    )
+    for x in dict.fromkeys(xs) if note else ():
+        ax.annotate(
+            "diverged",
+            (x, 0.0),
+            xycoords=ax.get_xaxis_transform(),
+            xytext=(0, 7),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            color="tab:red",
+            fontsize="small",
+        )
+
+
+def room_for_diverged(ax) -> None:
+    """Lower the y axis by a strip below the data where `ax` marks diverged runs, so that
+    their crosses and notes on the bottom edge sit apart from every measured value."""
+    if any(line.get_gid() == "diverged" for line in ax.lines):
+        low, high = ax.get_ylim()
+        ax.set_ylim(low - 0.12 * (high - low), high)
+
+
+def widen_y(ax, span: float = MIN_ACC_SPAN) -> None:
+    """At least `span` of y for an accuracy axis, within [0, 1] where the data allow."""
+    low, high = ax.get_ylim()
+    if high - low >= span:
+        return
+    middle = (low + high) / 2
+    bottom = min(max(middle - span / 2, min(0.0, low)), max(1.0, high) - span)
+    ax.set_ylim(bottom, bottom + span)
 
 
 def _setting(value: object) -> str:
@@ -85,42 +142,69 @@ def history_frame(run_dir: Path) -> pd.DataFrame:
 
 
 def _mean_curve(root: Path, group: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per epoch: mean, min and max of `metric` over the group's runs (their seeds)."""
+    """Per epoch: mean, min, max and count of `metric` over the group's runs (their seeds)."""
     columns = {}
     for run in group["run"]:
         history = history_frame(root / run)
         if metric in history:
             columns[run] = history.set_index("epoch")[metric]
     if not columns:
-        return pd.DataFrame(columns=["mean", "min", "max"])
+        return pd.DataFrame(columns=["mean", "min", "max", "n"])
     table = pd.DataFrame(columns)
     return pd.DataFrame(
-        {"mean": table.mean(axis=1), "min": table.min(axis=1), "max": table.max(axis=1)}
+        {
+            "mean": table.mean(axis=1),
+            "min": table.min(axis=1),
+            "max": table.max(axis=1),
+            "n": table.count(axis=1),
+        }
     )
 
 
-def _draw_curves(ax, root: Path, groups: list, metric: str, label_keys: list[str]) -> None:
-    colors = _colors(len(groups))
-    for color, (setting, group) in zip(colors, groups):
-        label = " ".join(short_label(k, setting[k]) for k in label_keys) or "run"
+def _fewer_runs(curve: pd.DataFrame, runs: int) -> str:
+    """' (from epoch 6: mean of 2 runs)' where runs ended (diverged or stopped) before others."""
+    short = curve[curve["n"] < runs]
+    if short.empty:
+        return ""
+    counts = " then ".join(str(n) for n in dict.fromkeys(short["n"].astype(int)))
+    return f" (from epoch {int(short.index[0])}: mean of {counts} of {runs} runs)"
+
+
+def _draw_curves(ax, root: Path, groups: list, metric: str, label_keys: list[str]) -> list:
+    """A mean line per setting, each its own colour and hollow marker; [(name, line, mean)]."""
+    drawn = []
+    for i, (color, (setting, group)) in enumerate(zip(_colors(len(groups)), groups)):
+        name = " ".join(short_label(k, setting[k]) for k in label_keys) or "run"
         curve = _mean_curve(root, group, metric)
-        note = diverged_note(group)
-        if note:
-            label += f": {note}"
         if not curve.empty:
-            ax.plot(curve.index, curve["mean"], marker=".", color=color, label=label)
-            if len(group) > 1:
-                ax.fill_between(curve.index, curve["min"], curve["max"], color=color, alpha=0.2)
-            label = None
-        bad = group[group["status"] == "diverged"]
-        if not bad.empty:  # a cross where it stopped, at the metric of its reported weights
-            final = metric if metric in bad else "val/acc"
-            ax.scatter(
-                bad["epochs"].fillna(0).astype(int) + 1,
-                pd.to_numeric(bad[final]),
-                label=label,
-                **{**DIVERGED, "color": color, "edgecolor": "tab:red"},
+            (line,) = ax.plot(
+                curve.index,
+                curve["mean"],
+                marker=MARKERS[i % len(MARKERS)],
+                markersize=5,
+                markerfacecolor="none",
+                color=color,
+                label=name + _fewer_runs(curve, len(group)),
             )
+            if curve["n"].max() > 1:
+                ax.fill_between(curve.index, curve["min"], curve["max"], color=color, alpha=0.2)
+            drawn.append((name, line, curve["mean"]))
+        bad = group[group["status"] == "diverged"]
+        if not bad.empty:  # in the epoch it diverged in: it has no accuracy there
+            epochs = bad["epochs"].fillna(0).astype(int) + 1
+            face = color if not curve.empty else "tab:red"  # its line's colour, if it has one
+            mark_diverged(ax, epochs, f"{name}: {diverged_note(group)}", face)
+    return drawn
+
+
+def note_overlaps(ax, drawn: list) -> None:
+    """Name, in the legend, a line that lies on top of an earlier one over every epoch."""
+    low, high = ax.get_ylim()
+    for j, (_, line, mean) in enumerate(drawn):
+        for name, _, other in drawn[:j]:
+            if mean.index.equals(other.index) and (mean - other).abs().max() <= 0.01 * (high - low):
+                line.set_label(f"{line.get_label()} (on top of {name})")
+                break
 
 
 def _colors(n: int) -> list:
@@ -143,7 +227,8 @@ def plot_curves(
 def curves_figure(
     root: Path, runs: pd.DataFrame, keys: list[str], metric: str = "val/acc"
 ) -> Figure:
-    """`metric` per epoch, a line per setting (mean over seeds, band from min to max).
+    """`metric` per epoch, a line per setting of `keys` (mean over seeds, band from min to
+    max); the title names any other swept key whose runs a line pools.
 
     With two or more swept keys besides the seed, one panel per value of the first.
     """
@@ -159,23 +244,44 @@ def curves_figure(
     label_keys = keys[1:] if len(keys) >= 2 else keys
     fig = Figure(figsize=(min(5.5 * len(panels), 16.5), 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
-    for ax, (title, panel) in zip(axes, panels):
+    drawn = [
         _draw_curves(ax, root, settings_groups(panel, label_keys), metric, label_keys)
+        for ax, (_, panel) in zip(axes, panels)
+    ]
+    if metric.endswith("acc"):  # the y axis is shared: its final limits, then the overlaps
+        widen_y(axes[0])
+    marked = [ax for ax in axes if any(line.get_gid() == "diverged" for line in ax.lines)]
+    if marked:
+        room_for_diverged(marked[0])
+    for ax, (title, _), lines in zip(axes, panels, drawn):
+        note_overlaps(ax, lines)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="best")
     axes[0].set_ylabel(metric)
-    fig.suptitle(f"{metric} per epoch{_seeds_note(runs)}")
+    fig.suptitle(f"{metric} per epoch{_curves_note(runs, keys, metric)}")
     return fig
 
 
-def _seeds_note(runs: pd.DataFrame) -> str:
+def _curves_note(runs: pd.DataFrame, keys: list[str], metric: str) -> str:
+    """What each line averages: its seeds, and any swept key the lines do not separate."""
     seeds = runs["seed"].nunique() if "seed" in runs else 1
-    if seeds <= 1:
-        return " (one seed)"
-    return f" (mean of {seeds} seeds; band: lowest to highest seed)"
+    varying, _ = split_settings(runs.drop(columns=["path"], errors="ignore"))
+    pooled = [k for k in varying if k not in (*keys, "seed")]
+    if not pooled:
+        if seeds <= 1:
+            return " (one seed)"
+        return f" (mean of {seeds} seeds; band: lowest to highest seed)"
+    sizes = sorted({len(g) for _, g in settings_groups(runs, keys)})
+    n = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    values = "; ".join(f"{k}={', '.join(_sort_values(runs[k]))}" for k in pooled)
+    why = ""
+    if pooled == [TEST_ONLY] and not metric.startswith("test/"):
+        why = f"\n(test noise changes only the test inputs, not {metric})"
+    lines = f"each line: mean of {n} runs, {seeds} seeds x {values};{why}"
+    return f"\n{lines}\nband: lowest to highest run"
 
 
 def seed_stats(runs: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
@@ -231,7 +337,8 @@ def against_figure(
 
     A numeric key gets lines over its values; a categorical key gets points with error bars
     (no line: the categories have no order). A line or a set of points per setting of the
-    other keys. Diverged runs are red crosses, named in the legend.
+    other keys. Diverged runs are crosses on the bottom edge, named in the legend and left
+    out of the mean ± std (a diverged run's weights are not a result of its setting).
     """
     others = [k for k in others if k not in (key, "seed")]
     order = _sort_values(runs[key])
@@ -243,43 +350,53 @@ def against_figure(
     for ax, metric in zip(axes, metrics):
         shown, pool = others, runs
         if not metric.startswith("test/") and TEST_ONLY in others:
-            # test noise changes no train or val metric: one line for its runs, not several
-            # drawn over each other (the same seeds' runs counted once)
+            # test noise changes no train or val metric: the runs of one test noise, not
+            # several lines of the same trainings drawn over each other
             shown = [k for k in others if k != TEST_ONLY]
-            pool = runs.drop_duplicates([c for c in (key, *shown, "seed") if c in runs])
+            first = _sort_values(runs[TEST_ONLY])[0]
+            pool = runs[runs[TEST_ONLY].map(_setting) == first]
+            ax.set_title(
+                f"runs with {short_label(TEST_ONLY, first)}: test noise changes no {metric}",
+                fontsize="small",
+            )
         groups = settings_groups(pool, shown)
         colors = _colors(len(groups))
         for i, (color, (setting, group)) in enumerate(zip(colors, groups)):
-            stats = (
-                seed_stats(group, [key], metric).set_index(key).reindex(order).dropna(subset=["n"])
-            )
             if numeric:
-                xs = [float(v) for v in stats.index]
+                shift = 0.0
             else:  # side by side when several settings share a category
                 shift = (i - (len(groups) - 1) / 2) * min(0.6 / max(len(groups), 1), 0.15)
-                xs = [order.index(v) + shift for v in stats.index]
             label = " ".join(short_label(k, setting[k]) for k in shown) or None
-            ax.errorbar(
-                xs,
-                stats["mean"],
-                yerr=stats["std"].fillna(0),
-                fmt="o-" if numeric else "o",
-                color=color,
-                capsize=4,
-                label=label,
-            )
-            for x, (_, row) in zip(xs, stats.iterrows()):  # each seed, slightly spread
-                spread = np.linspace(-1, 1, len(row["values"])) * (0 if numeric else 0.04)
-                ax.scatter(x + spread, row["values"], s=10, color=color, alpha=0.5, zorder=3)
-            bad = group[group["status"] == "diverged"]
-            if not bad.empty:
-                bx = [float(v) if numeric else order.index(v) for v in bad[key].map(_setting)]
-                ax.scatter(
-                    bx,
-                    pd.to_numeric(bad[metric]),
-                    label=f"diverged ({label or key})" if label else "diverged",
-                    **DIVERGED,
+            good = group[group["status"] != "diverged"]  # a diverged run's value is no result
+            if not good.empty:
+                stats = (
+                    seed_stats(good, [key], metric)
+                    .set_index(key)
+                    .reindex(order)
+                    .dropna(subset=["n"])
                 )
+                xs = [float(v) if numeric else order.index(v) + shift for v in stats.index]
+                ax.errorbar(
+                    xs,
+                    stats["mean"],
+                    yerr=stats["std"].fillna(0),
+                    fmt="o-" if numeric else "o",
+                    color=color,
+                    capsize=4,
+                    label=label,
+                )
+                for x, (_, row) in zip(xs, stats.iterrows()):  # each seed, slightly spread
+                    spread = np.linspace(-1, 1, len(row["values"])) * (0 if numeric else 0.04)
+                    ax.scatter(x + spread, row["values"], s=10, color=color, alpha=0.5, zorder=3)
+            for value in _sort_values(group[key]):
+                at = group[group[key].map(_setting) == value]
+                note = diverged_note(at)
+                if note:
+                    x = float(value) if numeric else order.index(value) + shift
+                    where = " ".join(filter(None, [label, short_label(key, value)]))
+                    face = color if len(groups) > 1 else "tab:red"
+                    n_bad = int((at["status"] == "diverged").sum())
+                    mark_diverged(ax, [x] * n_bad, f"{where}: {note}", face)
         scale = ""
         if numeric:
             scale = _x_scale(ax, [float(v) for v in order])
@@ -293,6 +410,9 @@ def against_figure(
             ax.tick_params(axis="x", labelrotation=30)
         ax.set_xlabel(key + scale)
         ax.set_ylabel(f"final {metric}")
+        if metric.endswith("acc"):
+            widen_y(ax)
+        room_for_diverged(ax)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
@@ -302,9 +422,14 @@ def against_figure(
 
 def _stats_note(runs: pd.DataFrame) -> str:
     seeds = runs["seed"].nunique() if "seed" in runs else 1
-    if seeds <= 1:
-        return " (one seed: no error bars)"
-    return f": mean ± std of {seeds} seeds, dots are single seeds"
+    note = (
+        " (one seed: no error bars)"
+        if seeds <= 1
+        else f": mean ± std of {seeds} seeds, dots are single seeds"
+    )
+    if (runs["status"] == "diverged").any():
+        note += "\n(diverged runs: crosses on the bottom edge, left out of the mean ± std)"
+    return note
 
 
 def plot_sweep(root: Path, out_dir: Path | None = None) -> list[Path]:

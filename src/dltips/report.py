@@ -22,10 +22,11 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 from dltips.plots import (
-    DIVERGED,
+    MIN_ACC_SPAN,
     TEST_ONLY,
     diverged_note,
     history_frame,
+    mark_diverged,
     plot_against,
     plot_curves,
     seed_stats,
@@ -370,22 +371,28 @@ def plot_lecture(runs: pd.DataFrame, out: Path) -> Path:
 
 
 def lecture_figure(runs: pd.DataFrame) -> Figure:
-    """One panel per step, titled by what it changes: train and val accuracy per epoch (mean
-    over seeds, band from lowest to highest), the final test accuracy as mean ± std, and a
-    red cross with its epoch where a run diverged."""
+    """One panel per step, titled by what it changes: train accuracy during training and val
+    accuracy per epoch (mean over seeds, band from lowest to highest), the final test accuracy
+    as mean ± std, and a cross on the bottom edge in the epoch where a run diverged."""
     steps = sorted(
         settings_groups(runs, ["experiment"]), key=lambda g: int(g[0]["experiment"][12:])
     )
     cols = 3
     rows = math.ceil(len(steps) / cols)
-    fig = Figure(figsize=(12, 3.2 * rows + 0.6), layout="constrained")
+    fig = Figure(figsize=(12, 3.2 * rows + 0.9), layout="constrained")
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
-    # the final test accuracy stands one tick after the last epoch, labelled "test"
-    test_x = 1 + max((len(history_frame(Path(r))) for r in runs["path"]), default=1)
+    # the final test accuracy stands apart from the last epoch, labelled "test"
+    last = max((len(history_frame(Path(r))) for r in runs["path"]), default=1)
+    gap = max(2, math.ceil(0.15 * last))
+    test_x = last + gap
+    curves = {  # the per-epoch train/acc counts the epoch's batches in train mode (dropout on)
+        "train/acc": ("--", "tab:gray", "train/acc during the epoch (train mode)"),
+        "val/acc": ("-", "tab:blue", "val/acc after each epoch"),
+    }
     for ax, (setting, group) in zip(axes, steps):
         experiment = setting["experiment"]
         ax.set_title(f"step {experiment[12:]}: {lecture_preset(experiment).get('change', '')}")
-        for metric, style in (("train/acc", "--"), ("val/acc", "-")):
+        for metric, (style, color, label) in curves.items():
             table = pd.DataFrame(
                 {
                     r: history_frame(Path(r)).set_index("epoch")[metric]
@@ -395,30 +402,27 @@ def lecture_figure(runs: pd.DataFrame) -> Figure:
             )
             if table.empty:
                 continue
-            color = "tab:blue" if metric == "val/acc" else "tab:gray"
-            ax.plot(table.index, table.mean(axis=1), style, color=color, label=metric)
+            ax.plot(table.index, table.mean(axis=1), style, color=color, label=label)
             ax.fill_between(
                 table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2
             )
-        test = pd.to_numeric(group["test/acc"])
-        ax.errorbar(
-            [test_x],
-            [test.mean()],
-            yerr=[test.std(ddof=1) if len(test) > 1 else 0],
-            fmt="o",
-            color="tab:orange",
-            capsize=4,
-            label="final test/acc",
-        )
+        ax.axvline(last + gap / 2, color="0.6", linewidth=0.8)
+        test = pd.to_numeric(group.loc[group["status"] != "diverged", "test/acc"])
+        if not test.empty:  # a diverged run's test/acc is no result of its step
+            ax.errorbar(
+                [test_x],
+                [test.mean()],
+                yerr=[test.std(ddof=1) if len(test) > 1 else 0],
+                fmt="o",
+                color="tab:orange",
+                capsize=4,
+                label="final test/acc (error bar: ± std of seeds)",
+            )
         note = diverged_note(group)
         if note:
             bad = group[group["status"] == "diverged"]
-            ax.scatter(
-                bad["epochs"].fillna(0).astype(int) + 1,
-                pd.to_numeric(bad["val/acc"]),
-                label="diverged",
-                **DIVERGED,
-            )
+            epochs = bad["epochs"].fillna(0).astype(int) + 1
+            mark_diverged(ax, epochs, "diverged (in that epoch; no accuracy)", note=False)
             ax.text(
                 0.5,
                 0.5,
@@ -430,9 +434,10 @@ def lecture_figure(runs: pd.DataFrame) -> Figure:
                 fontsize="large",
             )
         ax.set_ylim(0, 1)
-        epochs = MaxNLocator(nbins=5, integer=True).tick_values(1, test_x - 1)
-        ticks = [e for e in epochs if 1 <= e < test_x - 1] + [test_x - 1, test_x]
+        epochs = MaxNLocator(nbins=5, integer=True).tick_values(1, last)
+        ticks = [e for e in epochs if 1 <= e < last - gap] + [last, test_x]
         ax.set_xticks(ticks, [f"{e:.0f}" for e in ticks[:-1]] + ["test"])
+        ax.set_xlim(0.5, test_x + 1)
         ax.grid(alpha=0.3)
     for ax in axes[len(steps) :]:
         ax.set_visible(False)
@@ -444,10 +449,17 @@ def lecture_figure(runs: pd.DataFrame) -> Figure:
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles))
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="outside lower center",
+        ncols=min(len(handles), 3),
+        fontsize="small",
+    )
     seeds = runs["seed"].nunique() if "seed" in runs else 1
     fig.suptitle(
-        f"The lecture's steps: accuracy per epoch (mean of {seeds} seeds, band: lowest to highest)"
+        f"The lecture's steps: accuracy per epoch (lines: mean of {seeds} seeds, bands: lowest "
+        "to highest seed)"
     )
     return fig
 
@@ -460,41 +472,43 @@ def plot_early_stopping(runs: pd.DataFrame, out: Path) -> Path:
 
 def early_stopping_figure(runs: pd.DataFrame) -> Figure:
     """Train and val loss per epoch, one panel per patience, one colour per seed: where the
-    val loss turns up (overfitting), where patience stopped each run (|) and the best epoch
-    whose weights restore_best reports (*). restore_best changes only the reported weights,
-    so its runs draw the same curves and the panels show one of each pair."""
+    val loss turns up (overfitting); under it a row per seed with its best epoch, whose
+    weights restore_best reports (*), and the last epoch it trained (|). restore_best changes
+    only the reported weights, so the panels show its restore_best=False runs. Every panel
+    spans the same epochs."""
     key = "trainer.early_stopping.patience"
+    restore = "trainer.early_stopping.restore_best"
     panels = settings_groups(runs, [key])
-    fig = Figure(figsize=(6 * len(panels), 4.8), layout="constrained")
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    fig = Figure(figsize=(6 * len(panels), 6), layout="constrained")
+    curves, stops = fig.subplots(
+        2, len(panels), sharex=True, sharey="row", squeeze=False, height_ratios=[4, 1.3]
+    )
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
-    for ax, (setting, group) in zip(axes, panels):
+    for ax, strip, (setting, group) in zip(curves, stops, panels):
         patience = setting[key]
+        if restore in group:  # False sorts first: the run that reports its last weights
+            group = group.sort_values(restore, key=lambda v: v.astype(str))
         first = group.drop_duplicates("seed") if "seed" in group else group.head(1)
+        names = []
         for i, (_, row) in enumerate(first.iterrows()):
             color = colors[i % len(colors)]
             history = history_frame(Path(row["path"])).set_index("epoch")
             seed = row.get("seed", "0")
+            names.append(f"seed {seed}")
             ax.plot(history.index, history["train/loss"], ":", color=color)
             ax.plot(history.index, history["val/loss"], "-", color=color, label=f"seed {seed}")
-            best = int(row["best_epoch"])
-            ax.plot(
-                best,
-                history.loc[best, "val/loss"],
+            stop = int(history.index.max())
+            strip.plot([1, stop], [i, i], "-", color=color, linewidth=1, alpha=0.6)
+            strip.plot(
+                int(row["best_epoch"]),
+                i,
                 "*",
                 color=color,
-                markersize=14,
+                markersize=13,
                 markeredgecolor="black",
+                markeredgewidth=0.6,
             )
-            stop = int(history.index.max())
-            ax.plot(
-                stop,
-                history.loc[stop, "val/loss"],
-                "|",
-                color="black",
-                markersize=18,
-                markeredgewidth=2,
-            )
+            strip.plot(stop, i, "|", color=color, markersize=14, markeredgewidth=2.5)
         title = "no early stopping" if patience in ("null", "None") else f"patience {patience}"
         stopped = first["epochs"].astype(int)
         ax.set_title(
@@ -503,10 +517,13 @@ def early_stopping_figure(runs: pd.DataFrame) -> Figure:
             else f"{title}: {stopped.min()} epochs"
         )
         ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("loss (log scale)")
+        strip.set_yticks(range(len(names)), names)
+        strip.set_ylim(len(names) - 0.4, -0.6)  # seed 0 on top
+        strip.set_xlabel("epoch")
+        strip.xaxis.set_major_locator(MaxNLocator(integer=True))
+        strip.grid(alpha=0.3, axis="x")
+    curves[0].set_ylabel("loss (log scale)")
     legend = [
         Line2D([], [], linestyle=":", color="gray", label="train/loss"),
         Line2D([], [], linestyle="-", color="gray", label="val/loss"),
@@ -518,20 +535,20 @@ def early_stopping_figure(runs: pd.DataFrame) -> Figure:
             color="gray",
             markeredgecolor="black",
             markersize=12,
-            label="best epoch (lowest val/loss): restored with restore_best",
+            label="best epoch (lowest val/loss): the weights restore_best reports",
         ),
         Line2D(
             [],
             [],
             marker="|",
             linestyle="",
-            color="black",
+            color="gray",
             markersize=14,
-            markeredgewidth=2,
-            label="last epoch trained (where patience stopped it)",
+            markeredgewidth=2.5,
+            label="last epoch trained",
         ),
     ]
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, labels = curves[0].get_legend_handles_labels()
     fig.legend(
         legend + handles,
         [h.get_label() for h in legend] + labels,
@@ -539,7 +556,10 @@ def early_stopping_figure(runs: pd.DataFrame) -> Figure:
         ncols=3,
         fontsize="small",
     )
-    fig.suptitle("Early stopping: train and val loss per epoch, each seed a colour")
+    shown = ""
+    if restore in runs and runs[restore].nunique() > 1:
+        shown = "\n(the restore_best=False runs: restore_best changes only the reported weights)"
+    fig.suptitle(f"Early stopping: train and val loss per epoch, each seed a colour{shown}")
     return fig
 
 
@@ -619,8 +639,11 @@ def write_report(
         "seed as a dot. A **Measured** line calls a setting better than another only when",
         "their mean ± std intervals do not overlap; otherwise they are within seed noise.",
         "Diverged runs (a non-finite loss: training stops, the best weights so far are",
-        "reported) are marked in every table and plot. Accuracies are fractions of 1,",
-        "`train/acc` is measured after training over the whole training split (eval mode),",
+        "reported) are marked in every table and plot: a cross on the bottom edge of a plot, at",
+        "the epoch or setting where they diverged; plots leave their final accuracy out of the",
+        f"mean ± std. Accuracy axes span at least {MIN_ACC_SPAN}, so that a difference of 0.01",
+        "is never a large part of a plot. Accuracies are fractions of 1; `train/acc` in the",
+        "tables is measured after training over the whole training split (eval mode),",
         "`s/epoch` is the mean time of one epoch's training pass per run (a batched group's",
         "epoch time divided by its runs).",
         "",
