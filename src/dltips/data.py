@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class, instantiate, to_absolute_path
 from omegaconf import DictConfig
 
 from dltips.checkpoint import atomic_save, find_os_error
@@ -144,10 +143,7 @@ def _corrupt_files_message(raw: Path, files: list[str], err: Exception) -> str:
 def data_root(root: str) -> Path:
     """`data.root` as a path: a relative one is relative to where the command was started,
     also when Hydra runs the job in its run dir (hydra.job.chdir=true)."""
-    path = Path(root).expanduser()
-    if path.is_absolute() or not HydraConfig.initialized():
-        return path
-    return Path(HydraConfig.get().runtime.cwd) / path
+    return Path(to_absolute_path(str(Path(root).expanduser())))
 
 
 def read_cached(cfg: DictConfig) -> dict[str, torch.Tensor]:
