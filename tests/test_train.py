@@ -1,6 +1,10 @@
 """The training loop on the real bundled digits: learns, stops, resumes, logs."""
 
 import json
+import platform
+import resource
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -214,3 +218,25 @@ def test_bad_config_fails_before_writing_anything(tmp_path):
 def test_auto_device_picks_what_the_machine_has(tmp_path):
     metrics = train(make_cfg("trainer.device=auto", "trainer.max_epochs=1"), tmp_path)
     assert metrics["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")
+def test_on_the_cpu_freed_memory_is_reused_without_page_faults():
+    # a batched step frees and allocates buffers of tens of MB; glibc by default hands them
+    # back to the OS, and every page is faulted in again on the next step
+    code = """
+import resource, torch
+from dltips.train import keep_freed_memory
+keep_freed_memory()
+def churn():
+    a, b = torch.ones(5 << 20), torch.ones(5 << 20)  # 20 MiB each, written
+churn()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    churn()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    pages = 40 * 2**20 // resource.getpagesize()  # what a fresh mapping faults in
+    assert float(result.stdout) < pages / 4

@@ -5,8 +5,10 @@ them (dltips.step), one epoch loop drives them, and each `Run` writes exactly wh
 single run writes. A single run is a group of one, so there is one loop, not two.
 """
 
+import ctypes
 import logging
 import math
+import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -117,6 +119,26 @@ class Job:
     pruning: TrialPruning | None = None  # a trial of an Optuna search that may be pruned
 
 
+def keep_freed_memory() -> None:
+    """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse (Linux; a no-op
+    elsewhere).
+
+    By default it returns such blocks to the OS and maps them afresh, and every page of a
+    new mapping costs a page fault when first written. A batched group frees and allocates
+    buffers of 10 to 30 MB at every step (its gathered batch, its weight gradients): 32 runs
+    of 784-128-128-10 took about a million page faults in 10 epochs, and the first layer's
+    weight-gradient product 3.3 ms instead of 1.8. With this setting the group trained
+    about 10% faster and a single run about 5% (docs/PERFORMANCE.md); the numbers it
+    computes are the same. The process keeps up to 1 GiB of freed memory for reuse.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # its largest allowed value on 64-bit
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dict[str, Any]:
     """Train the configured network; write checkpoints, TensorBoard events and metrics.json.
 
@@ -148,6 +170,8 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
     # denormal floats (below ~1e-38) are 10-100x slower on CPUs; weights and gradients that
     # underflow there can make an epoch 2-3x slower. As zeros they change nothing visible.
     torch.set_flush_denormal(bool(first.trainer.flush_denormal))
+    if device.type == "cpu":
+        keep_freed_memory()
     bf16 = str(first.trainer.precision) == "bf16"
     if device.type == "cuda":  # TF32: float32 matmuls on tensor cores, 10 mantissa bits
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = first.trainer.tf32
