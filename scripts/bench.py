@@ -2,7 +2,7 @@
 
     python scripts/bench.py                   # CPU
     python scripts/bench.py --device cuda     # GPU
-    python scripts/bench.py --epochs 5 --json bench.json
+    python scripts/bench.py --epochs 5 --json b.json   # figures (default: outputs/bench.json)
 
 Both train the same 784-500-500-10 ReLU MLP with Adam (lr 1e-3), batch 100, for one
 warm-up epoch and then --epochs timed epochs over 60,000 MNIST-shaped images: Debian's
@@ -228,11 +228,17 @@ def batched_vs_sequential(
     return result
 
 
+def write_json(path: Path, figures: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"Wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
-    parser.add_argument("--json", type=Path, default=Path("bench.json"))
+    parser.add_argument("--json", type=Path, default=Path("outputs/bench.json"))
     parser.add_argument("--skip-naive", action="store_true", help="time dltips only")
     parser.add_argument("--precision", default="32", help="dltips' trainer.precision: 32 or bf16")
     parser.add_argument(
@@ -272,7 +278,7 @@ def main() -> None:
                 else ""
             )
         )
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -345,8 +351,7 @@ def main() -> None:
             f"peak memory {peak:.0f} MiB (a bare `import torch`: {results['import_torch_s']:.2f} s)"
             f"\n  inside train(): {split}"
         )
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"Wrote {args.json}")
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

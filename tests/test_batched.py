@@ -316,3 +316,17 @@ def test_an_improved_epoch_is_written_once_and_linked_as_best(tmp_path, monkeypa
     assert not (ckpts / "best.pt").samefile(ckpts / "last.pt")
     assert (ckpts / "best.pt").read_bytes() == (ckpts / "last.pt").read_bytes()
     assert load_checkpoint(ckpts / "best.pt")["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_bench_times_runs_alone_against_one_group(tmp_path):
+    result = run_script(
+        "bench.py", "--members", "2", "--epochs", "1", "--alone", "1", "--width", "32", cwd=tmp_path
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "2 runs of 784-32-32-10 on mnist_5k, 1 epochs (cpu)" in result.stdout
+    figures = json.loads((tmp_path / "outputs" / "bench.json").read_text())
+    assert figures["members"] == 2 and figures["batched_model_epochs_per_s"] > 0
+    assert figures["batched_vs_sequential"] == pytest.approx(
+        figures["batched_model_epochs_per_s"] / figures["sequential_model_epochs_per_s"]
+    )
