@@ -227,6 +227,12 @@ def test_batched_sweep_through_the_cli(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "Batched 2 groups: jobs 0,1,2 | jobs 3,4,5" in output
+    # the console: what the runs of a group share once per group, each job's lines in order
+    assert output.count("Training 3 runs together as one batched model") == 2
+    assert output.count("Data mnist_5k:") == 2
+    assert output.count("Config:") == 6
+    firsts = [output.index(f"[dltips.train.job{j}][INFO] - epoch 1/3") for j in range(6)]
+    assert firsts[:3] == sorted(firsts[:3]) and firsts[3:] == sorted(firsts[3:])
     metrics = [
         json.loads((tmp_path / "ok" / str(j) / "metrics.json").read_text()) for j in range(6)
     ]
@@ -234,6 +240,7 @@ def test_batched_sweep_through_the_cli(tmp_path):
     for j in range(6):
         log = (tmp_path / "ok" / str(j) / "train.log").read_text()
         assert "epoch 3/3" in log and f"Outputs in {tmp_path / 'ok' / str(j)}" in log
+        assert "Training 3 runs together" in log and "Data mnist_5k:" in log  # every job's
         assert (tmp_path / "ok" / str(j) / ".hydra" / "overrides.yaml").is_file()
     assert (tmp_path / "ok" / "summary.md").is_file()
 

@@ -119,6 +119,11 @@ class Job:
     pruning: TrialPruning | None = None  # a trial of an Optuna search that may be pruned
 
 
+# marks a log line that every run of a batched group logs alike (its data, its network):
+# each run's train.log gets it, the console once per group (see the batched launcher)
+SAME_IN_GROUP = {"same_in_group": True}
+
+
 def keep_freed_memory() -> None:
     """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse (Linux; a no-op
     elsewhere).
@@ -192,6 +197,7 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
     # runs with equal optimizer settings side by side: each such block of the stacked
     # weights steps as one param group (dltips.stacked); results go back in the jobs' order
     runs.sort(key=lambda run: repr(run.optim_settings()))
+    in_order = sorted(runs, key=lambda run: run.member)  # the jobs' order: logs, results
     startup.mark("data, model and loss")
     # K > 1: the runs' weights become one stacked tensor per layer, each run's layers views
     # of its row; a single run keeps its own parameters (see dltips.stacked)
@@ -224,7 +230,7 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
         run.restore()
     finished = [run.nothing_to_do() for run in runs]
     if all(finished):
-        return [run.result for run in sorted(runs, key=lambda run: run.member)]
+        return [run.result for run in in_order]
 
     start_epoch = next(run.start_epoch for run in runs if run.active)
     max_epochs = first.trainer.max_epochs
@@ -263,8 +269,10 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
         )
         startup.mark("CUDA graph capture")
     if len(runs) > 1:
-        for run in runs:
-            run.log.info("Training %d runs together as one batched model", len(runs))
+        for run in in_order:
+            run.log.info(
+                "Training %d runs together as one batched model", len(runs), extra=SAME_IN_GROUP
+            )
     # on a terminal, a bar over the epoch's batches (none in logs); a CUDA-graphed epoch is
     # one replay, so there the bar counts epochs
     progress = tqdm(
@@ -276,7 +284,7 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
         disable=not sys.stderr.isatty(),
     )
     on_step = None if progress.disable else progress.update  # counts steps: no GPU sync
-    with logging_redirect_tqdm(), catch_stop_signals() as stop, opened(runs), progress:
+    with logging_redirect_tqdm(), catch_stop_signals() as stop, opened(in_order), progress:
         startup.mark("outputs")
         log.debug("Start-up took %s", startup)  # shown with hydra.verbose=dltips.train
         for epoch in range(start_epoch + 1, max_epochs + 1):
@@ -301,8 +309,9 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
                     f"checkpoints/last.pt holds epoch {epoch - 1}; to continue, run the same "
                     f"command plus {runs[0].resume_hint}"
                 )
-                for run in active:  # in train.log too, where a cluster job's user looks
-                    run.log.warning(message)
+                for run in in_order:  # in train.log too, where a cluster job's user looks
+                    if run.active:
+                        run.log.warning(message)
                 raise Interrupted(stop.signum, message)
             epoch_sums = step.read(sizes)  # the CPU waits for the GPU here, once per epoch
             seconds = time.perf_counter() - epoch_started
@@ -311,7 +320,8 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
                 val = [evaluate(runs[0].model, x_val, y_val, runs[0].criterion, bf16)]
             else:
                 val = evaluate_stacked(stack, x_val, y_val, step.criteria, bf16)
-            for run, sums, val_metrics in zip(runs, epoch_sums, val):
+            ended = sorted(zip(runs, epoch_sums, val), key=lambda ended: ended[0].member)
+            for run, sums, val_metrics in ended:
                 if run.active:
                     run.end_epoch(epoch, sums, val_metrics, seconds, epoch_started)
             logged = [
@@ -320,10 +330,10 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
             if logged:
                 progress.set_postfix(val_acc=f"{logged[0]['val/acc']:.4f}")
 
-        for run in runs:  # the runs still training when max_epochs is reached
+        for run in in_order:  # the runs still training when max_epochs is reached
             if run.active:
                 run.finish()
-    return [run.result for run in sorted(runs, key=lambda run: run.member)]
+    return [run.result for run in in_order]
 
 
 class Phases:
@@ -458,8 +468,9 @@ class Run:
     def open(self) -> None:
         """Log the setup, save epoch 0 (a new run) and open the TensorBoard writer."""
         self.log.info(config_line(self.cfg, self.run_dir))
-        self.log.info(data_line(self.cfg.data.name, self.data, self.cfg.data.batch_size))
-        self.log.info(model_line(self.model, str(self.device)))
+        data = data_line(self.cfg.data.name, self.data, self.cfg.data.batch_size)
+        self.log.info(data, extra=SAME_IN_GROUP)
+        self.log.info(model_line(self.model, str(self.device)), extra=SAME_IN_GROUP)
         remove_stale_temporaries(self.ckpt_dir)
         if self.resumed is None:  # so that even an interrupted first epoch can be resumed
             atomic_save(self.state(0), self.ckpt_dir / "last.pt")

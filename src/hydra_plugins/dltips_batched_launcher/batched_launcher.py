@@ -180,14 +180,14 @@ class job_logs:
         for handler in self.files:
             self.root.removeHandler(handler)
         self.handlers = []
+        once = OncePerGroup()
         for job, num in zip(self.jobs, self.numbers):
             job.log = logging.getLogger(f"dltips.train.job{num}")  # names the job on the console
             job.log.setLevel(logging.INFO)
             job.log.propagate = False
-            for handler in (
-                logging.FileHandler(job.run_dir / "train.log"),
-                logging.StreamHandler(),
-            ):
+            console = logging.StreamHandler()
+            console.addFilter(once)
+            for handler in (logging.FileHandler(job.run_dir / "train.log"), console):
                 handler.setFormatter(logging.Formatter(JOB_FORMAT))
                 job.log.addHandler(handler)
                 self.handlers.append((job.log, handler))
@@ -199,3 +199,23 @@ class job_logs:
             handler.close()
         for handler in self.files:
             self.root.addHandler(handler)
+
+
+class OncePerGroup(logging.Filter):
+    """On the console, a line that the runs of a group log alike (marked `same_in_group`:
+    "Training K runs together", the data, the network) shows once, from the first job that
+    logs it; each run's train.log still has it. Other lines (epochs, results) show for every
+    job."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "same_in_group", False):
+            return True
+        message = record.getMessage()
+        if message in self.shown:
+            return False
+        self.shown.add(message)
+        return True
