@@ -198,12 +198,17 @@ def load_dataset(cfg: DictConfig, seed: int) -> DataSplits:
             )
         keep = keep[: cfg.train_size]  # the first N, in the data set's own order
 
-    x_train, x_val, x_test = x[keep].float(), x[held].float(), raw["x_test"].float()
+    # each split a new float tensor, normalized in place: on Fashion-MNIST's 55,000 training
+    # images every extra pass or copy costs tens of ms per run (never the cached data's own)
+    x_train, x_val = x.index_select(0, keep).float(), x.index_select(0, held).float()
+    x_test = raw["x_test"].to(torch.float32, copy=True)
     if cfg.normalize == "unit":
-        x_train, x_val, x_test = x_train / 255, x_val / 255, x_test / 255
+        for t in (x_train, x_val, x_test):
+            t.div_(255)
     elif cfg.normalize == "standard":
         mean, std = x_train.mean(), x_train.std()
-        x_train, x_val, x_test = ((t - mean) / std for t in (x_train, x_val, x_test))
+        for t in (x_train, x_val, x_test):
+            t.sub_(mean).div_(std)
     if cfg.test_noise_std > 0:
         noise = torch.randn(x_test.shape, generator=torch.Generator().manual_seed(seed))
         x_test = x_test + cfg.test_noise_std * noise
