@@ -321,9 +321,10 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
             else:
                 val = evaluate_stacked(stack, x_val, y_val, step.criteria, bf16)
             ended = sorted(zip(runs, epoch_sums, val), key=lambda ended: ended[0].member)
+            took = time.perf_counter() - epoch_started  # with validation: what the log shows
             for run, sums, val_metrics in ended:
                 if run.active:
-                    run.end_epoch(epoch, sums, val_metrics, seconds, epoch_started)
+                    run.end_epoch(epoch, sums, val_metrics, seconds, took)
             logged = [
                 r.history[-1] for r in active if r.history and r.history[-1]["epoch"] == epoch
             ]
@@ -506,10 +507,11 @@ class Run:
         sums: EpochSums,
         val: tuple[float, float],
         seconds: float,
-        epoch_started: float,
+        took: float,
     ) -> None:
         """Log the epoch's training sums and validation (loss, accuracy), check for
-        divergence and early stopping, save the checkpoints."""
+        divergence and early stopping, save the checkpoints. `seconds` is the epoch's
+        training time (the group's, in a group), `took` that plus validation (logged)."""
         max_epochs = self.cfg.trainer.max_epochs
         # a NaN or infinite loss ends the run; the weights it reports predate that step
         if sums.first_bad_step is not None:
@@ -542,7 +544,7 @@ class Run:
             epoch,
             max_epochs,
             "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-            time.perf_counter() - epoch_started,
+            took,
             "  *best" if improved else "",
         )
         lr = self.optimizer.settings[self.index]["lr"]
