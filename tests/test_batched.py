@@ -208,8 +208,11 @@ def test_the_launcher_reuses_the_configs_the_sweeper_composed(monkeypatch):
             config.seed = 99  # the launcher's copy is its own
             assert sweepers.seed != 99
         assert configs[1].model.activation._target_ == "torch.nn.ReLU"
+        assert not composed.configs  # each taken once: a large sweep holds no second copy
+        loader.load_sweep_config(master, batch[0])
         composed.clear()  # after the launch: composed again, never a stale config
-        assert composed.get(master, batch[0]).seed == 0 and calls[-1] == batch[0]
+        before = len(calls)
+        assert composed.get(master, batch[0]).seed == 0 and calls[before:] == [batch[0]]
 
 
 @pytest.mark.slow

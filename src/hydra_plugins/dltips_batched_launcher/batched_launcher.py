@@ -138,8 +138,8 @@ class ComposedConfigs:
     (the basic sweeper's `validate_batch_is_legal`, dltips' Optuna sweeper likewise) and
     throw the result away; the launcher would compose it again, about 15 YAML files and
     75 ms per job. This remembers what the shared config loader composes until the launch
-    that follows, and the launcher takes a copy of it. A config no sweeper composed is
-    composed as before.
+    that follows, and the launcher takes a copy of it. A config no sweeper composed (or a
+    job's duplicate) is composed as before.
     """
 
     def __init__(self, loader: ConfigLoader) -> None:
@@ -157,8 +157,9 @@ class ComposedConfigs:
         loader.load_sweep_config = load_sweep_config  # the instance the sweeper holds too
 
     def get(self, master_config: DictConfig, overrides: list[str]) -> DictConfig:
-        """Job's config: a copy of the one the sweeper composed, or a fresh composition."""
-        config = self.configs.get((id(master_config), tuple(overrides)))
+        """Job's config: a copy of the one the sweeper composed (which is then let go, so a
+        large sweep holds each config once), or a fresh composition."""
+        config = self.configs.pop((id(master_config), tuple(overrides)), None)
         if config is None:
             return self.compose(master_config, overrides)
         return copy.deepcopy(config)
