@@ -157,7 +157,7 @@ class ComposedConfigs:
         loader.load_sweep_config = load_sweep_config  # the instance the sweeper holds too
 
     def get(self, master_config: DictConfig, overrides: list[str]) -> DictConfig:
-        """Job's config: a copy of the one the sweeper composed (which is then let go, so a
+        """A job's config: a copy of the one the sweeper composed (which is then let go, so a
         large sweep holds each config once), or a fresh composition."""
         config = self.configs.pop((id(master_config), tuple(overrides)), None)
         if config is None:
