@@ -5,6 +5,7 @@ import os
 import shutil
 import struct
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,13 @@ import torch
 from conftest import ROOT, make_cfg, run_script
 from dltips.checkpoint import load_checkpoint
 from dltips.errors import CheckpointError
-from dltips.train import train
+from dltips.train import Job, train, train_group
+
+TIMINGS = ("wall_seconds", "seconds_per_epoch", "epoch_seconds")
+
+
+def without_time(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMINGS}
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +188,78 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     }
     assert json.loads(written[0].read_text())["status"] == "completed"
     assert not list(tmp_path.rglob(".*.tmp"))  # renamed into place, nothing left beside
+
+
+EVERY = ["trainer.max_epochs=7", "trainer.early_stopping.patience=null"]
+
+
+def saves_recorded(monkeypatch) -> list[tuple[str, int, str | None]]:
+    """(file, epoch, linked file) of every checkpoint train() writes from now on."""
+    import dltips.train
+
+    saves = []
+    save = dltips.train.atomic_save
+
+    def recording(obj, path, also=None):
+        saves.append((Path(path).name, obj["epoch"], also and Path(also).name))
+        save(obj, path, also)
+
+    monkeypatch.setattr(dltips.train, "atomic_save", recording)
+    return saves
+
+
+def test_checkpoint_every_n_epochs_trains_the_same_and_writes_less(tmp_path, monkeypatch):
+    saves = saves_recorded(monkeypatch)
+    every_epoch = train(make_cfg(*EVERY), tmp_path / "1")
+    assert [epoch for name, epoch, _ in saves if name == "last.pt"] == list(range(8))
+    saves.clear()
+    sparse = train(make_cfg(*EVERY, "trainer.checkpoint_every=3"), tmp_path / "3")
+    assert [epoch for name, epoch, _ in saves if name == "last.pt"] == [0, 3, 6, 7]
+    assert without_time(sparse) == without_time(every_epoch)  # the same training and result
+    ckpts = tmp_path / "3" / "checkpoints"
+    assert load_checkpoint(ckpts / "last.pt")["epoch"] == 7
+    # the best epoch's weights reach best.pt at the next save, even between multiples of 3
+    assert load_checkpoint(ckpts / "best.pt")["epoch"] == sparse["best_epoch"]
+
+
+def test_checkpoint_every_n_a_diverged_run_still_reports_its_last_completed_epoch(
+    tmp_path, monkeypatch
+):
+    # the loss turns non-finite in epoch 5: the reported weights are epoch 4's, which with
+    # checkpoint_every=3 were only in memory when it diverged
+    import dltips.train
+
+    read = dltips.train.TrainStep.read
+
+    def diverging_in_epoch_5(step, sizes):
+        sums = read(step, sizes)
+        step.epochs_read = getattr(step, "epochs_read", 0) + 1
+        if step.epochs_read == 5:
+            sums = [replace(s, first_bad_step=2, bad_loss=float("nan")) for s in sums]
+        return sums
+
+    monkeypatch.setattr(dltips.train.TrainStep, "read", diverging_in_epoch_5)
+    common = [*EVERY, "trainer.early_stopping.restore_best=false"]
+    every_epoch = train(make_cfg(*common), tmp_path / "1")
+    sparse = train(make_cfg(*common, "trainer.checkpoint_every=3"), tmp_path / "3")
+    assert sparse["status"] == every_epoch["status"] == "diverged"
+    assert without_time(sparse) == without_time(every_epoch)
+    assert load_checkpoint(tmp_path / "3" / "checkpoints" / "last.pt")["epoch"] == 4
+
+
+def test_checkpoint_every_n_in_a_batched_group(tmp_path):
+    # one run stops early (patience 1), the other trains all 7 epochs
+    cfgs = [["seed=0"], ["seed=1", "trainer.early_stopping.patience=1"]]
+
+    def group(every: int) -> list[dict]:
+        jobs = [
+            Job(make_cfg(*EVERY, *c, f"trainer.checkpoint_every={every}"), tmp_path / f"{every}{k}")
+            for k, c in enumerate(cfgs)
+        ]
+        return train_group(jobs)
+
+    every_epoch, sparse = group(1), group(3)
+    assert [without_time(m) for m in sparse] == [without_time(m) for m in every_epoch]
+    for k, metrics in enumerate(sparse):
+        last = load_checkpoint(tmp_path / f"3{k}" / "checkpoints" / "last.pt")
+        assert last["epoch"] == metrics["epochs_trained"]

@@ -57,6 +57,7 @@ def test_a_mode_that_contradicts_the_metric_is_a_config_error(overrides, message
         (["trainer.num_threads=0"], "trainer.num_threads=0: must be null"),
         (["trainer.num_threads=many"], "trainer.num_threads='many': must be null"),
         (["trainer.flush_denormal=maybe"], "trainer.flush_denormal='maybe': must be true or false"),
+        (["trainer.checkpoint_every=0"], "trainer.checkpoint_every=0: must be an integer >= 1"),
         (["trainer.cuda_graphs=on"], "trainer.cuda_graphs='on': must be auto, true or false"),
         (["trainer.tf32=maybe"], "trainer.tf32='maybe': must be true or false"),
         (["trainer.early_stopping.mode=up"], "trainer.early_stopping.mode='up': must be null"),

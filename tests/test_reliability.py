@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -13,7 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import make_cfg, start_script
+from conftest import make_cfg, start_script, wait_for
 from dltips import checkpoint
 from dltips.checkpoint import load_checkpoint
 from dltips.data import load_dataset
@@ -195,3 +196,24 @@ def test_real_full_disk_keeps_the_previous_checkpoint(tmp_path):
         assert not list((disk / "run" / "checkpoints").glob(".*.tmp"))
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_with_checkpoint_every_n_a_signal_still_saves_the_last_completed_epoch(tmp_path):
+    # checkpoint_every=100 keeps every epoch of this run in memory until the end: on SIGTERM
+    # the last completed one is written, and the resumed run ends as an uninterrupted one
+    overrides = [*FAST_EPOCHS, "data.train_size=2000", "trainer.max_epochs=12"]
+    run_dir = tmp_path / "run"
+    proc = start_training(run_dir, *overrides, "trainer.checkpoint_every=100")
+    log = run_dir / "train.log"
+    wait_for(lambda: log.exists() and "epoch 6/12" in log.read_text(), what="epoch 6")
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
+    stopped = int(re.search(r"during epoch (\d+)", output)[1])
+    held = load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"]
+    assert held == stopped - 1 >= 6 and f"checkpoints/last.pt holds epoch {held}" in output
+
+    resumed = train(make_cfg(*overrides, f"trainer.resume={run_dir}"), tmp_path / "new")
+    uninterrupted = train(make_cfg(*overrides), tmp_path / "full")
+    assert without_time(resumed) == without_time(uninterrupted)

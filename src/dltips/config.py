@@ -273,6 +273,11 @@ def validate(cfg: DictConfig) -> None:
         f"integer >= 1.",
     )
     check(
+        _is_int(t.checkpoint_every) and t.checkpoint_every >= 1,
+        f"trainer.checkpoint_every={t.checkpoint_every!r}: must be an integer >= 1 (1: every "
+        f"epoch).",
+    )
+    check(
         isinstance(t.flush_denormal, bool),
         f"trainer.flush_denormal={t.flush_denormal!r}: must be true or false.",
     )

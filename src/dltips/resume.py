@@ -24,6 +24,7 @@ RESUMABLE = (
     "trainer.device",
     "trainer.num_threads",
     "trainer.flush_denormal",
+    "trainer.checkpoint_every",
     "trainer.resume",
     "trainer.early_stopping.patience",
     "trainer.early_stopping.min_delta",

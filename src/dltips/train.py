@@ -124,6 +124,18 @@ class Job:
 SAME_IN_GROUP = {"same_in_group": True}
 
 
+def detached_copy(obj: Any) -> Any:
+    """`obj` with every tensor cloned and every dict and list copied: a run's state as it
+    is now, unchanged by the training that goes on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: detached_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [detached_copy(v) for v in obj]
+    return obj
+
+
 def keep_freed_memory() -> None:
     """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse (Linux; a no-op
     elsewhere).
@@ -311,6 +323,7 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
                 )
                 for run in in_order:  # in train.log too, where a cluster job's user looks
                     if run.active:
+                        run.flush()  # the epochs trainer.checkpoint_every kept in memory
                         run.log.warning(message)
                 raise Interrupted(stop.signum, message)
             epoch_sums = step.read(sizes)  # the CPU waits for the GPU here, once per epoch
@@ -397,6 +410,10 @@ class Run:
         self.earlier_wall_seconds = 0.0  # of the processes that trained this run before
         self.status = "completed"
         self.active = True
+        # with trainer.checkpoint_every > 1: the last epoch's and the best epoch's states
+        # (copies) that are not on disk yet; the next save, the end or a stop writes them
+        self.unsaved: dict[str, Any] | None = None
+        self.unsaved_best: dict[str, Any] | None = None
         self.result: dict[str, Any] = {}
         self.optimizer: MemberOptimizer | None = None  # the group's; this run is `index`
         self.index = 0  # its row in the group's stacked weights
@@ -549,13 +566,13 @@ class Run:
         )
         lr = self.optimizer.settings[self.index]["lr"]
         log_epoch(self.writer, epoch, {**self.history[-1], "train/lr": lr})
-        try:  # an improved epoch is written once: best.pt is a hard link to it (or a copy)
-            best = self.ckpt_dir / "best.pt" if improved else None
-            atomic_save(self.state(epoch), self.ckpt_dir / "last.pt", also=best)
-        except OutputError as err:
-            raise OutputError(
-                f"{err}\n  Free space, then continue with {self.resume_hint}"
-            ) from err
+        every = self.cfg.trainer.checkpoint_every
+        if epoch % every == 0 or epoch >= max_epochs or self.stopper.should_stop:
+            self.save(self.state(epoch), improved)
+        else:  # kept until the next save; a stop, the run's end or the next due epoch writes it
+            self.unsaved = detached_copy(self.state(epoch))
+            if improved:
+                self.unsaved_best = self.unsaved
 
         if self.stopper.should_stop:
             self.log.info(
@@ -579,10 +596,30 @@ class Run:
             )
             self.finish()
 
+    def save(self, state: dict[str, Any], improved: bool) -> None:
+        """Write `state` as last.pt, and best.pt: a hard link to it (or a copy) when its epoch
+        improved, else the best epoch's state kept since the last save, if any."""
+        try:
+            if self.unsaved_best is not None and not improved:
+                atomic_save(self.unsaved_best, self.ckpt_dir / "best.pt")
+            best = self.ckpt_dir / "best.pt" if improved else None
+            atomic_save(state, self.ckpt_dir / "last.pt", also=best)
+        except OutputError as err:
+            raise OutputError(
+                f"{err}\n  Free space, then continue with {self.resume_hint}"
+            ) from err
+        self.unsaved = self.unsaved_best = None
+
+    def flush(self) -> None:
+        """Write the epochs that trainer.checkpoint_every kept in memory (a stop, the end)."""
+        if self.unsaved is not None:
+            self.save(self.unsaved, improved=self.unsaved is self.unsaved_best)
+
     def finish(self) -> None:
         """Freeze the run and write its final metrics: the reported weights, evaluated in
         eval mode over every split."""
         self.active = False
+        self.flush()  # a diverged or pruned run's last completed epoch, its best epoch
         self.optimizer.freeze(self.index)  # no further updates in a group
         # A diverged run's weights went on updating after the bad step: the last completed
         # epoch's (last.pt) or the best epoch's weights are reported instead.
