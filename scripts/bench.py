@@ -266,7 +266,9 @@ def main() -> None:
             result = batched_vs_sequential(
                 args.members, width, args.epochs, args.device, Path(tmp), args.alone, args.set
             )
-        what = " ".join(args.set) if args.set else f"784-{width}-{width}-10 on mnist_5k"
+        data = "" if any(s.startswith("data=") for s in args.set) else "on mnist_5k"
+        network = f"784-{width}-{width}-10" if width else ""
+        what = " ".join(filter(None, [network, data, *args.set]))  # what the runs are
         print(
             f"{args.members} runs of {what}, {args.epochs} epochs ({device}): "
             f"alone {result['sequential_model_epochs_per_s']:.2f}, "
