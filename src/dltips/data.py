@@ -5,6 +5,7 @@ and a test split; `load_dataset` caches that, holds out the validation set and
 normalizes. Batching happens in the training loop.
 """
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -18,8 +19,6 @@ from dltips.checkpoint import atomic_save, find_os_error
 from dltips.errors import ConfigError, DataError, OutputError
 
 log = logging.getLogger(__name__)
-# the data cache last read in this process, by (path, mtime, size); never modified in place
-_last_read: dict[tuple[str, int, int], dict[str, torch.Tensor]] = {}
 
 MNIST_5K_TEST_SIZE = 1000  # fixed, stratified, the same for every seed
 
@@ -146,23 +145,21 @@ def data_root(root: str) -> Path:
     return Path(to_absolute_path(str(Path(root).expanduser())))
 
 
+@functools.lru_cache(maxsize=1)  # one data set in memory at a time; never modified in place
+def _load_cache(path: Path, mtime_ns: int, size: int) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)
+
+
 def read_cached(cfg: DictConfig) -> dict[str, torch.Tensor]:
     """Decoded uint8 tensors of a data set, read from <root>/cache/<name>.pt when present."""
     root = data_root(cfg.root)
     cache = root / "cache" / f"{cfg.name}.pt"
     if cache.exists():
-        stat = cache.stat()
-        key = (str(cache), stat.st_mtime_ns, stat.st_size)
-        if key in _last_read:  # the runs of a sweep in one process read it once
-            return _last_read[key]
+        stat = cache.stat()  # the runs of a sweep in one process read each version once
         try:
-            raw = torch.load(cache, weights_only=True)
+            return _load_cache(cache, stat.st_mtime_ns, stat.st_size)
         except Exception as err:  # a cache is disposable: rebuild it
             log.warning("Ignoring unreadable cache %s (%s); decoding again", cache, err)
-        else:
-            _last_read.clear()  # one data set in memory at a time
-            _last_read[key] = raw
-            return raw
     read = instantiate(cfg.source, _partial_=True)  # called directly: its errors stay ours
     raw = read(root=root, download=cfg.download)
     try:

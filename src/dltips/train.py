@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,7 @@ def detached_copy(obj: Any) -> Any:
     return obj
 
 
+@cache  # a setting of the process: once is enough
 def keep_freed_memory() -> None:
     """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse (Linux; a no-op
     elsewhere).
@@ -333,11 +334,10 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
                 val = [evaluate(runs[0].model, x_val, y_val, runs[0].criterion, bf16)]
             else:
                 val = evaluate_stacked(stack, x_val, y_val, step.criteria, bf16)
-            ended = sorted(zip(runs, epoch_sums, val), key=lambda ended: ended[0].member)
             took = time.perf_counter() - epoch_started  # with validation: what the log shows
-            for run, sums, val_metrics in ended:
+            for run in in_order:  # epoch_sums and val are in the stack's order (run.index)
                 if run.active:
-                    run.end_epoch(epoch, sums, val_metrics, seconds, took)
+                    run.end_epoch(epoch, epoch_sums[run.index], val[run.index], seconds, took)
             logged = [
                 r.history[-1] for r in active if r.history and r.history[-1]["epoch"] == epoch
             ]
