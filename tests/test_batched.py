@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -234,6 +235,9 @@ def test_batched_sweep_through_the_cli(tmp_path):
     assert output.count("Training 3 runs together as one batched model") == 2
     assert output.count("Data mnist_5k:") == 2
     assert output.count("Config:") == 6
+    # each job's config line names its own group choice (read from its .hydra/hydra.yaml)
+    configs = [re.search(rf"job{j}\]\[INFO\] - Config: (.*)", output)[1] for j in range(6)]
+    assert ["model=sigmoid" in c.split() for c in configs] == [True] * 3 + [False] * 3
     firsts = [output.index(f"[dltips.train.job{j}][INFO] - epoch 1/3") for j in range(6)]
     assert firsts[:3] == sorted(firsts[:3]) and firsts[3:] == sorted(firsts[3:])
     metrics = [

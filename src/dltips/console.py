@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +17,8 @@ from torch import nn
 from dltips.config import CONF_DIR
 from dltips.data import DataSplits
 from dltips.resume import flatten
+
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it
 
 NOT_SETTINGS = ("lecture",)  # a lecture preset's description for the report, not a setting
 
@@ -43,8 +46,9 @@ def run_choices(run_dir: Path) -> dict[str, str | None] | None:
     """The option each config group got in this run (hydra.runtime.choices), from the run's
     .hydra/hydra.yaml (each job of a batched group has its own) or the running Hydra job."""
     recorded = Path(run_dir) / ".hydra" / "hydra.yaml"
-    if recorded.is_file():
-        return dict(OmegaConf.load(recorded).hydra.runtime.choices)
+    if recorded.is_file():  # plain YAML that Hydra wrote: libyaml reads it in 1 ms, not 20
+        with open(recorded, encoding="utf-8") as f:
+            return dict(yaml.load(f, Loader=SafeLoader)["hydra"]["runtime"]["choices"])
     if HydraConfig.initialized():
         return dict(HydraConfig.get().runtime.choices)
     return None
