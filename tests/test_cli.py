@@ -1,11 +1,13 @@
 """scripts/train.py as a user runs it: in a subprocess, from a project-like folder."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import ROOT, run_script
 
 pytestmark = pytest.mark.slow
 TINY_CLI = ["model.width=32", "trainer.max_epochs=2"]
@@ -68,3 +70,20 @@ def test_cuda_requested_without_cuda(tmp_path):
     result = run_script("train.py", "trainer.device=cuda", *TINY_CLI, cwd=tmp_path)
     assert result.returncode != 0
     assert "CUDA is not available" in result.stderr
+
+
+def test_start_up_leaves_the_garbage_collector_on_with_its_objects_frozen(tmp_path):
+    # scripts/train.py turns the collector off while it imports torch and Hydra; training
+    # (a sweep of many jobs above all) needs it on again, or its cyclic garbage would pile up
+    script = ROOT / "scripts" / "train.py"
+    probe = (
+        "import gc, runpy\n"
+        f"runpy.run_path({str(script)!r}, run_name='imported')\n"
+        "print(gc.isenabled(), gc.get_freeze_count())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    enabled, frozen = result.stdout.split()
+    assert enabled == "True"
+    assert int(frozen) > 100_000  # torch's and Hydra's objects, left out of every collection
