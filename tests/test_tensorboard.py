@@ -4,6 +4,7 @@ gradient norms as log10, an HParams table that starts with the swept keys."""
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata
 
 from conftest import TINY_CLI, make_cfg, run_script
-from dltips.tensorboard_log import FINAL, METRICS, events_dir, read_session, run_label
+from dltips.tensorboard_log import (
+    FINAL,
+    METRICS,
+    events_dir,
+    open_writer,
+    read_session,
+    run_label,
+)
 from dltips.train import train
 
 
@@ -159,3 +167,21 @@ def test_a_run_keeps_writing_where_its_events_are(tmp_path):
     (old / "events.out.tfevents.1.host").write_bytes(b"")  # a job of an earlier version
     assert events_dir(old) == old
     assert events_dir(job(sweep, 1, "model=relu")) == sweep / "1" / "model=relu"
+
+
+def test_a_resumed_runs_events_sort_after_the_interrupted_runs(tmp_path):
+    # TensorBoard reads a run's event files in name order, which starts with the second a
+    # file was made in: a run resumed within a second of its start could come first
+    first = open_writer(tmp_path, first_epoch=1)
+    first.add_scalar("val/loss", 1.0, 1)
+    first.close()
+    (old,) = tmp_path.glob("events.out.tfevents.*")
+    _, _, _, seconds, rest = old.name.split(".", 4)
+    # its second is the next one, so the resumed file is made in the same second or before
+    old.rename(tmp_path / f"events.out.tfevents.{int(time.time()) + 1}.{rest}")
+    resumed = open_writer(tmp_path, first_epoch=2)
+    resumed.add_scalar("val/loss", 0.5, 2)
+    resumed.close()
+    assert sorted(tmp_path.glob("events.out.tfevents.*"))[0].name.endswith(rest)
+    accumulator = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.step for e in accumulator.Scalars("val/loss")] == [1, 2]

@@ -16,6 +16,7 @@ import functools
 import logging
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,28 @@ def _sweep_of(events: Path) -> Path | None:
 def open_writer(run_dir: Path, first_epoch: int) -> SummaryWriter:
     """A writer on the run's events dir; on resume, events at or after `first_epoch` are
     dropped."""
-    return SummaryWriter(
-        log_dir=str(events_dir(run_dir)), purge_step=first_epoch if first_epoch > 1 else None
-    )
+    folder = events_dir(run_dir)
+    if first_epoch > 1:
+        wait_to_sort_after(folder)
+    return SummaryWriter(log_dir=str(folder), purge_step=first_epoch if first_epoch > 1 else None)
+
+
+def wait_to_sort_after(folder: Path) -> None:
+    """Make sure a new event file in `folder` sorts after the ones there.
+
+    TensorBoard reads a run's event files in name order, and a name starts with the second
+    it was created in (events.out.tfevents.<seconds>.<host>.<pid>...). A resumed run's file
+    made in the same second as the interrupted run's could sort first, and its epochs would
+    then come before the earlier ones. In that rare case (a run resumed within a second of
+    its start) this waits for the next second.
+    """
+    seconds = []
+    for path in folder.glob("events.out.tfevents.*"):
+        stamp = path.name.split(".")[3]
+        if stamp.isdigit():
+            seconds.append(int(stamp))
+    if seconds and max(seconds) >= int(time.time()):
+        time.sleep(max(0.0, max(seconds) + 1 - time.time()))
 
 
 def log_epoch(writer: SummaryWriter, epoch: int, scalars: dict[str, float]) -> None:
