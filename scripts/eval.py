@@ -10,10 +10,13 @@ import sys
 # Ctrl-C (imports take seconds) quits quietly with status 130, leaving no output dir behind
 signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from dltips.startup import imports_without_garbage_collection  # noqa: E402
 
-from dltips.evaluation import run_eval  # noqa: E402
+with imports_without_garbage_collection():  # 0.5 s faster (see its docstring)
+    import hydra
+    from omegaconf import DictConfig
+
+    from dltips.evaluation import run_eval
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

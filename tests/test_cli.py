@@ -72,10 +72,11 @@ def test_cuda_requested_without_cuda(tmp_path):
     assert "CUDA is not available" in result.stderr
 
 
-def test_start_up_leaves_the_garbage_collector_on_with_its_objects_frozen(tmp_path):
-    # scripts/train.py turns the collector off while it imports torch and Hydra; training
+@pytest.mark.parametrize("name", ["train.py", "eval.py"])
+def test_start_up_leaves_the_garbage_collector_on_with_its_objects_frozen(tmp_path, name):
+    # the scripts turn the collector off while they import torch and Hydra; what runs next
     # (a sweep of many jobs above all) needs it on again, or its cyclic garbage would pile up
-    script = ROOT / "scripts" / "train.py"
+    script = ROOT / "scripts" / name
     probe = (
         "import gc, runpy\n"
         f"runpy.run_path({str(script)!r}, run_name='imported')\n"
