@@ -185,3 +185,9 @@ def test_a_resumed_runs_events_sort_after_the_interrupted_runs(tmp_path):
     assert sorted(tmp_path.glob("events.out.tfevents.*"))[0].name.endswith(rest)
     accumulator = EventAccumulator(str(tmp_path)).Reload()
     assert [e.step for e in accumulator.Scalars("val/loss")] == [1, 2]
+    # a file stamped an hour ahead (another machine's clock): no waiting for it
+    newest = max(tmp_path.glob("events.out.tfevents.*"))
+    newest.rename(tmp_path / f"events.out.tfevents.{int(time.time()) + 3600}.other.1.0")
+    started = time.monotonic()
+    open_writer(tmp_path, first_epoch=3).close()
+    assert time.monotonic() - started < 1

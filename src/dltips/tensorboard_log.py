@@ -138,15 +138,17 @@ def wait_to_sort_after(folder: Path) -> None:
     it was created in (events.out.tfevents.<seconds>.<host>.<pid>...). A resumed run's file
     made in the same second as the interrupted run's could sort first, and its epochs would
     then come before the earlier ones. In that rare case (a run resumed within a second of
-    its start) this waits for the next second.
+    its start) this waits for the next second. It waits 2 s at most: a file stamped
+    further ahead comes from another machine's clock, and waiting would not help.
     """
     seconds = []
     for path in folder.glob("events.out.tfevents.*"):
         stamp = path.name.split(".")[3]
         if stamp.isdigit():
             seconds.append(int(stamp))
-    if seconds and max(seconds) >= int(time.time()):
-        time.sleep(max(0.0, max(seconds) + 1 - time.time()))
+    wait = max(seconds) + 1 - time.time() if seconds else 0.0
+    if 0 < wait <= 2:
+        time.sleep(wait)
 
 
 def log_epoch(writer: SummaryWriter, epoch: int, scalars: dict[str, float]) -> None:
