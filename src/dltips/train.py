@@ -138,22 +138,24 @@ def detached_copy(obj: Any) -> Any:
 
 @cache  # a setting of the process: once is enough
 def keep_freed_memory() -> None:
-    """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse (Linux; a no-op
+    """Have glibc's malloc keep freed blocks for reuse, whatever their size (Linux; a no-op
     elsewhere).
 
-    By default it returns such blocks to the OS and maps them afresh, and every page of a
-    new mapping costs a page fault when first written. A batched group frees and allocates
-    buffers of 10 to 30 MB at every step (its gathered batch, its weight gradients): 32 runs
-    of 784-128-128-10 took about a million page faults in 10 epochs, and the first layer's
-    weight-gradient product 3.3 ms instead of 1.8. With this setting the group trained
-    about 10% faster and a single run about 5% (docs/PERFORMANCE.md); the numbers it
-    computes are the same. The process keeps up to 1 GiB of freed memory for reuse.
+    By default it maps blocks of more than 128 KiB (at most 32 MiB, as it adapts) afresh
+    from the OS and hands them back when freed, and every page of a new mapping costs a
+    page fault when first written. A batched group frees and allocates buffers of 10 MB and
+    more at every step (its gathered batch, its weight gradients): 32 runs of 784-128-128-10
+    took about a million page faults in 10 epochs, and the first layer's weight-gradient
+    product 3.3 ms instead of 1.8; 128 runs gather a 40 MB batch per step. Here every block
+    comes from malloc's heap, where a freed one is reused, and the heap keeps up to 1 GiB
+    of free memory. The group trained about 10% faster at 32 runs and 40% at 128, a single
+    run about 5% (docs/PERFORMANCE.md); the numbers it computes are the same.
     """
     if platform.libc_ver()[0] != "glibc":
         return
     libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # its largest allowed value on 64-bit
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h>
+    libc.mallopt(m_mmap_max, 0)  # no block through mmap (glibc still falls back to it)
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
