@@ -148,14 +148,14 @@ def keep_freed_memory() -> None:
     took about a million page faults in 10 epochs, and the first layer's weight-gradient
     product 3.3 ms instead of 1.8; 128 runs gather a 40 MB batch per step. Here every block
     comes from malloc's heap, where a freed one is reused, and the heap keeps up to 1 GiB
-    of free memory. The group trained about 10% faster at 32 runs and 40% at 128, a single
-    run about 5% (docs/PERFORMANCE.md); the numbers it computes are the same.
+    of free memory. A group trained about 10% faster at 32 runs and 20 to 35% faster at 128,
+    a single run about 5% (docs/PERFORMANCE.md); the numbers it computes are the same.
     """
     if platform.libc_ver()[0] != "glibc":
         return
     libc = ctypes.CDLL(None)
     m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h>
-    libc.mallopt(m_mmap_max, 0)  # no block through mmap (glibc still falls back to it)
+    libc.mallopt(m_mmap_max, 0)  # no block through mmap, unless the heap cannot grow
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
