@@ -175,9 +175,12 @@ def read_cached(cfg: DictConfig) -> dict[str, torch.Tensor]:
     return raw
 
 
-def load_dataset(cfg: DictConfig, seed: int) -> DataSplits:
-    """Train / val / test tensors as configured by the `data` group."""
-    raw = read_cached(cfg)
+def load_dataset(
+    cfg: DictConfig, seed: int, raw: dict[str, torch.Tensor] | None = None
+) -> DataSplits:
+    """Train / val / test tensors as configured by the `data` group (from `raw`, what
+    `read_cached(cfg)` returned, when given)."""
+    raw = read_cached(cfg) if raw is None else raw
     x, y = raw["x_train"], raw["y_train"]
 
     if cfg.val_size >= len(y):
