@@ -8,10 +8,9 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, TINY_CLI, run_script
 
 pytestmark = pytest.mark.slow
-TINY_CLI = ["model.width=32", "trainer.max_epochs=2"]
 
 
 def test_single_run_prints_accuracies_and_writes_its_outputs(tmp_path):

@@ -14,13 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, make_cfg, run_script
+from conftest import ROOT, TINY_CLI, make_cfg, run_script
 from dltips.runs import summarize
 from dltips.sweep import threads_per_job
 from dltips.train import train
 
 pytestmark = pytest.mark.slow
-TINY_CLI = ["model.width=32", "trainer.max_epochs=2"]
 
 
 def sweep(tmp_path: Path, *overrides: str, name: str = "sweep", timeout: int = 300) -> Path:
