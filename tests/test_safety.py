@@ -6,6 +6,7 @@ import shlex
 import signal
 import subprocess
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -89,6 +90,32 @@ def test_a_sweep_dir_that_holds_a_sweep_needs_sweep_resume(tmp_path):
     again = train_cli(tmp_path, "-m", "seed=0,1", f"hydra.sweep.dir={sweep_dir}")
     assert_refused(again, "already holds a sweep. Continue it with the same command plus")
     assert file_digests(sweep_dir) == before
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_commands_started_in_the_same_second_get_dirs_of_their_own(tmp_path, sweep):
+    # another command, started this second (or in the next 30), has made the dir named by
+    # that second and written nothing yet; sharing it, the two would overwrite each other's
+    # results under each other's settings
+    outputs = tmp_path / "outputs" / ("multirun" if sweep else "")
+    now = datetime.now()
+    taken = [now + timedelta(seconds=s) for s in range(30)]
+    for t in taken:
+        (outputs / f"{t:%Y-%m-%d}" / f"{t:%H-%M-%S}").mkdir(parents=True, exist_ok=True)
+    result = train_cli(tmp_path, *(["-m", "seed=3,4"] if sweep else ["seed=3"]))
+    assert result.returncode == 0, output(result)[-2000:]
+    assert "is taken (another command started in the same second): writing to" in output(result)
+    (claimed,) = outputs.glob("*/*_2")
+    assert all(not any(d.iterdir()) for d in outputs.glob("*/*") if d != claimed)
+    runs = sorted(p.parent for p in claimed.rglob("metrics.json"))
+    assert [p.relative_to(claimed).as_posix() for p in runs] == (["0", "1"] if sweep else ["."])
+    for run, seed in zip(runs, [3, 4]):
+        assert f"seed={seed}" in (run / ".hydra" / "overrides.yaml").read_text()
+        assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+    if sweep:  # the dir it took is the sweep's: summary, and resume
+        assert (claimed / "summary.md").is_file()
+        again = train_cli(tmp_path, "-m", "seed=3,4", f"sweep.resume={claimed}")
+        assert output(again).count("Already completed, skipped") == 2, output(again)[-2000:]
 
 
 def test_trainer_resume_in_a_sweep_is_refused(tmp_path):

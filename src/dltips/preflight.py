@@ -5,6 +5,8 @@ refused while every file already written is still as it was.
 config and before it creates the run or sweep dir, writes `.hydra/` or launches a job.
 """
 
+import itertools
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,13 +14,15 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from dltips.pruning import SWEEPER as OPTUNA_SWEEPER
-from dltips.resume import override_arg
+from dltips.resume import hydra_override, override_arg
 from dltips.runs import recorded_overrides, settings_of
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(SystemExit):
@@ -56,10 +60,47 @@ def check_writable(folder: Path, key: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise PreflightError(
-            f"Cannot write the output directory {folder}: {err.strerror or err}.\n"
-            f"  Run from a writable directory, or choose one with {key}=<path>."
-        ) from None
+        raise _cannot_write(folder, key, err) from None
+
+
+def _cannot_write(folder: Path, key: str, err: OSError) -> PreflightError:
+    return PreflightError(
+        f"Cannot write the output directory {folder}: {err.strerror or err}.\n"
+        f"  Run from a writable directory, or choose one with {key}=<path>."
+    )
+
+
+def named_by_the_clock(node: DictConfig) -> bool:
+    """Whether `node.dir` (hydra.run or hydra.sweep) is named by the time the command started
+    (the default outputs/DATE/TIME), as written in the config, before it is resolved."""
+    return "${now:" in str(OmegaConf.to_container(node, resolve=False)["dir"])
+
+
+def claim_new_dir(folder: Path, key: str) -> Path:
+    """Create `folder`, or `<folder>_2`, `<folder>_3`, ... when another command has it; the
+    one created. mkdir is atomic: commands started in the same second, whose dirs are named
+    by that second, each get a dir of their own instead of writing into one (their results
+    would overwrite each other's, under each other's settings)."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _cannot_write(folder, key, err) from None
+    for n in itertools.count(1):
+        candidate = folder if n == 1 else folder.with_name(f"{folder.name}_{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise _cannot_write(candidate, key, err) from None
+        if n > 1:
+            log.info(
+                "%s is taken (another command started in the same second): writing to %s",
+                folder,
+                candidate,
+            )
+        return candidate
+    raise AssertionError("unreachable")
 
 
 def holds_a_run(folder: Path) -> bool:
@@ -87,7 +128,13 @@ class StartChecks(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.run.dir)
-        if not config.trainer.resume and holds_a_run(run_dir):
+        if not config.trainer.resume and named_by_the_clock(config.hydra.run):
+            claimed = claim_new_dir(run_dir, "hydra.run.dir")
+            if claimed != run_dir:  # Hydra takes the run dir from this config
+                with read_write(config.hydra.run):
+                    config.hydra.run.dir = str(claimed)
+            run_dir = claimed
+        elif not config.trainer.resume and holds_a_run(run_dir):
             raise PreflightError(
                 f"{run_dir} already holds a run. Continue it with "
                 f"{override_arg('trainer.resume', run_dir)}, or choose a new hydra.run.dir."
@@ -104,7 +151,16 @@ class StartChecks(Callback):
             )
         sweep_dir = Path(config.hydra.sweep.dir)
         resume = config.sweep.resume
-        if resume is None:
+        if resume is None and named_by_the_clock(config.hydra.sweep):
+            claimed = claim_new_dir(sweep_dir, "hydra.sweep.dir")
+            if claimed != sweep_dir:
+                # each job's config is composed anew from hydra.overrides.hydra (its sweep
+                # dir would be the taken one): the claimed dir goes there, as if typed
+                with read_write(config.hydra), open_dict(config.hydra):
+                    config.hydra.sweep.dir = str(claimed)
+                    config.hydra.overrides.hydra.append(hydra_override("hydra.sweep.dir", claimed))
+            sweep_dir = claimed
+        elif resume is None:
             if sweep_dir.is_dir() and any(holds_a_run(p) for p in sweep_dir.iterdir()):
                 raise PreflightError(
                     f"{sweep_dir} already holds a sweep. Continue it with the same command "

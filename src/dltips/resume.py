@@ -86,11 +86,13 @@ def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
     return state
 
 
-def override_arg(key: str, path: Path | str) -> str:
-    """`key="path"` as one shell word, safe to paste: spaces, quotes, non-ASCII characters.
-
-    Hydra reads a double-quoted value verbatim except for backslashes before a quote or at
-    the end, which are escaped; the shell quoting around it keeps the override one argument.
-    """
+def hydra_override(key: str, path: Path | str) -> str:
+    """`key="path"` as Hydra's override parser reads it back verbatim: a double-quoted value,
+    with backslashes before a quote or at the end escaped."""
     value = re.sub(r'(\\*)("|$)', lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), str(path))
-    return shlex.quote(f'{key}="{value}"')
+    return f'{key}="{value}"'
+
+
+def override_arg(key: str, path: Path | str) -> str:
+    """`key="path"` as one shell word, safe to paste: spaces, quotes, non-ASCII characters."""
+    return shlex.quote(hydra_override(key, path))
