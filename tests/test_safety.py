@@ -92,21 +92,32 @@ def test_a_sweep_dir_that_holds_a_sweep_needs_sweep_resume(tmp_path):
     assert file_digests(sweep_dir) == before
 
 
+def take_the_next_seconds(outputs: Path, seconds: int = 30) -> None:
+    """Make the dirs named by this second and the next ones, as other commands started then
+    would have made them before writing anything."""
+    now = datetime.now()
+    for t in (now + timedelta(seconds=s) for s in range(seconds)):
+        (outputs / f"{t:%Y-%m-%d}" / f"{t:%H-%M-%S}").mkdir(parents=True, exist_ok=True)
+
+
+def the_dir_it_took(result: subprocess.CompletedProcess, outputs: Path) -> Path:
+    """The `<TIME>_2` dir a command wrote to; every taken dir is still empty."""
+    assert result.returncode == 0, output(result)[-2000:]
+    assert "is taken (another command started in the same second): writing to" in output(result)
+    (claimed,) = outputs.glob("*/*_2")
+    assert all(not any(d.iterdir()) for d in outputs.glob("*/*") if d != claimed)
+    return claimed
+
+
 @pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
 def test_commands_started_in_the_same_second_get_dirs_of_their_own(tmp_path, sweep):
     # another command, started this second (or in the next 30), has made the dir named by
     # that second and written nothing yet; sharing it, the two would overwrite each other's
     # results under each other's settings
     outputs = tmp_path / "outputs" / ("multirun" if sweep else "")
-    now = datetime.now()
-    taken = [now + timedelta(seconds=s) for s in range(30)]
-    for t in taken:
-        (outputs / f"{t:%Y-%m-%d}" / f"{t:%H-%M-%S}").mkdir(parents=True, exist_ok=True)
+    take_the_next_seconds(outputs)
     result = train_cli(tmp_path, *(["-m", "seed=3,4"] if sweep else ["seed=3"]))
-    assert result.returncode == 0, output(result)[-2000:]
-    assert "is taken (another command started in the same second): writing to" in output(result)
-    (claimed,) = outputs.glob("*/*_2")
-    assert all(not any(d.iterdir()) for d in outputs.glob("*/*") if d != claimed)
+    claimed = the_dir_it_took(result, outputs)
     runs = sorted(p.parent for p in claimed.rglob("metrics.json"))
     assert [p.relative_to(claimed).as_posix() for p in runs] == (["0", "1"] if sweep else ["."])
     for run, seed in zip(runs, [3, 4]):
@@ -180,6 +191,13 @@ def finished_run(tmp_path_factory) -> Path:
 def copy_run(run: Path, tmp_path: Path) -> Path:
     subprocess.run(["cp", "-a", str(run), str(tmp_path / "run")], check=True)
     return tmp_path / "run"
+
+
+def test_evaluations_started_in_the_same_second_get_dirs_of_their_own(tmp_path, finished_run):
+    outputs = tmp_path / "outputs" / "eval"
+    take_the_next_seconds(outputs)
+    claimed = the_dir_it_took(run_script("eval.py", f"ckpt={finished_run}", cwd=tmp_path), outputs)
+    assert json.loads((claimed / "eval.json").read_text())["split"] == "test"
 
 
 def test_resume_with_other_settings_is_refused_listing_them(tmp_path, finished_run):

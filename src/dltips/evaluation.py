@@ -24,7 +24,7 @@ from dltips.checkpoint import atomic_write_json, load_checkpoint
 from dltips.config import resolve_device, validate
 from dltips.data import load_dataset
 from dltips.errors import CheckpointError, ConfigError, DataError, UserError
-from dltips.preflight import PreflightError, check_writable, holds_a_run
+from dltips.preflight import PreflightError, check_writable, claim_clock_named_dir, holds_a_run
 from dltips.task import remove_unstarted
 from dltips.train import evaluate
 
@@ -256,10 +256,11 @@ class EvalChecks(Callback):
     """Before Hydra writes anything: an evaluation never writes into a run or over another."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_output_dir(Path(config.hydra.run.dir), "hydra.run.dir")
+        out_dir = claim_clock_named_dir(config, "run") or Path(config.hydra.run.dir)
+        check_output_dir(out_dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir = claim_clock_named_dir(config, "sweep") or Path(config.hydra.sweep.dir)
         check_output_dir(sweep_dir, "hydra.sweep.dir")
         for job in sweep_dir.iterdir():
             if job.is_dir():

@@ -70,37 +70,44 @@ def _cannot_write(folder: Path, key: str, err: OSError) -> PreflightError:
     )
 
 
-def named_by_the_clock(node: DictConfig) -> bool:
-    """Whether `node.dir` (hydra.run or hydra.sweep) is named by the time the command started
-    (the default outputs/DATE/TIME), as written in the config, before it is resolved."""
-    return "${now:" in str(OmegaConf.to_container(node, resolve=False)["dir"])
+def claim_clock_named_dir(config: DictConfig, mode: str) -> Path | None:
+    """hydra.<mode>.dir (`mode` "run" or "sweep") when it is named by the clock, as the
+    default outputs/DATE/TIME is: created now, or `<TIME>_2`, `_3`, ... when another command
+    started in the same second has it, and set in `config`, so that Hydra writes there.
+    None for a dir named otherwise (by the user), which is used as it is.
 
-
-def claim_new_dir(folder: Path, key: str) -> Path:
-    """Create `folder`, or `<folder>_2`, `<folder>_3`, ... when another command has it; the
-    one created. mkdir is atomic: commands started in the same second, whose dirs are named
-    by that second, each get a dir of their own instead of writing into one (their results
-    would overwrite each other's, under each other's settings)."""
+    mkdir is atomic: commands started in the same second each get a dir of their own
+    instead of writing into one, where their results would overwrite each other's under
+    each other's settings.
+    """
+    node, key = config.hydra[mode], f"hydra.{mode}.dir"
+    if "${now:" not in str(OmegaConf.to_container(node, resolve=False)["dir"]):
+        return None
+    folder = Path(node.dir)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise _cannot_write(folder, key, err) from None
     for n in itertools.count(1):
-        candidate = folder if n == 1 else folder.with_name(f"{folder.name}_{n}")
+        claimed = folder if n == 1 else folder.with_name(f"{folder.name}_{n}")
         try:
-            candidate.mkdir()
+            claimed.mkdir()
+            break
         except FileExistsError:
             continue
         except OSError as err:
-            raise _cannot_write(candidate, key, err) from None
-        if n > 1:
-            log.info(
-                "%s is taken (another command started in the same second): writing to %s",
-                folder,
-                candidate,
-            )
-        return candidate
-    raise AssertionError("unreachable")
+            raise _cannot_write(claimed, key, err) from None
+    if claimed != folder:
+        log.info(
+            "%s is taken (another command started in the same second): writing to %s",
+            folder,
+            claimed,
+        )
+        with read_write(config.hydra), open_dict(config.hydra):
+            node.dir = str(claimed)
+            if mode == "sweep":  # each job's config is composed anew from these overrides
+                config.hydra.overrides.hydra.append(hydra_override(key, claimed))
+    return claimed
 
 
 def holds_a_run(folder: Path) -> bool:
@@ -127,14 +134,9 @@ class StartChecks(Callback):
     """Refuse, before anything is written, what would overwrite or mislabel earlier results."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        run_dir = Path(config.hydra.run.dir)
-        if not config.trainer.resume and named_by_the_clock(config.hydra.run):
-            claimed = claim_new_dir(run_dir, "hydra.run.dir")
-            if claimed != run_dir:  # Hydra takes the run dir from this config
-                with read_write(config.hydra.run):
-                    config.hydra.run.dir = str(claimed)
-            run_dir = claimed
-        elif not config.trainer.resume and holds_a_run(run_dir):
+        claimed = None if config.trainer.resume else claim_clock_named_dir(config, "run")
+        run_dir = claimed or Path(config.hydra.run.dir)
+        if not config.trainer.resume and holds_a_run(run_dir):
             raise PreflightError(
                 f"{run_dir} already holds a run. Continue it with "
                 f"{override_arg('trainer.resume', run_dir)}, or choose a new hydra.run.dir."
@@ -149,18 +151,10 @@ class StartChecks(Callback):
                 "job would train in that one run's directory. To continue an interrupted "
                 "sweep, run the same command plus sweep.resume=<sweep dir>."
             )
-        sweep_dir = Path(config.hydra.sweep.dir)
         resume = config.sweep.resume
-        if resume is None and named_by_the_clock(config.hydra.sweep):
-            claimed = claim_new_dir(sweep_dir, "hydra.sweep.dir")
-            if claimed != sweep_dir:
-                # each job's config is composed anew from hydra.overrides.hydra (its sweep
-                # dir would be the taken one): the claimed dir goes there, as if typed
-                with read_write(config.hydra), open_dict(config.hydra):
-                    config.hydra.sweep.dir = str(claimed)
-                    config.hydra.overrides.hydra.append(hydra_override("hydra.sweep.dir", claimed))
-            sweep_dir = claimed
-        elif resume is None:
+        claimed = None if resume is not None else claim_clock_named_dir(config, "sweep")
+        sweep_dir = claimed or Path(config.hydra.sweep.dir)
+        if resume is None:
             if sweep_dir.is_dir() and any(holds_a_run(p) for p in sweep_dir.iterdir()):
                 raise PreflightError(
                     f"{sweep_dir} already holds a sweep. Continue it with the same command "
