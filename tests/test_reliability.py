@@ -2,6 +2,7 @@
 
 import errno
 import json
+import math
 import os
 import random
 import re
@@ -16,11 +17,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import make_cfg, start_script, wait_for
 from dltips import checkpoint
-from dltips.checkpoint import load_checkpoint
+from dltips.checkpoint import load_checkpoint, sole_writer
 from dltips.data import load_dataset
 from dltips.errors import CheckpointError, OutputError
 from dltips.resume import override_arg
-from dltips.train import train
+from dltips.task import train_jobs
+from dltips.train import Job, train
 
 # small epochs of many steps: checkpoints are written several times a second
 FAST_EPOCHS = [
@@ -217,3 +219,16 @@ def test_with_checkpoint_every_n_a_signal_still_saves_the_last_completed_epoch(t
     resumed = train(make_cfg(*overrides, f"trainer.resume={run_dir}"), tmp_path / "new")
     uninterrupted = train(make_cfg(*overrides), tmp_path / "full")
     assert without_time(resumed) == without_time(uninterrupted)
+
+
+def test_a_group_trains_without_the_job_another_process_holds(tmp_path):
+    # the other process: any holder of the run dir's lock (here this test, through its own
+    # file description, as a second command would)
+    jobs = [Job(make_cfg(f"seed={k}"), tmp_path / str(k)) for k in range(3)]
+    with sole_writer([jobs[1].run_dir]):
+        objectives = train_jobs(jobs)
+    assert math.isnan(objectives[1]) and not any(jobs[1].run_dir.iterdir())  # untouched
+    for k in (0, 2):
+        metrics = json.loads((jobs[k].run_dir / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["batch"]["members"] == 2
+        assert objectives[k] == pytest.approx(metrics["val/loss"])

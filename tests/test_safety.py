@@ -160,6 +160,51 @@ def test_interrupted_sweep_says_sweep_resume_and_that_command_finishes_it(tmp_pa
     assert all(m["status"] == "completed" and m["epochs_trained"] == 3 for m in metrics.values())
 
 
+def test_a_run_resumed_while_it_still_trains_is_refused_and_the_training_goes_on(tmp_path):
+    run = tmp_path / "run"
+    command = [*SLOW_EPOCHS, "trainer.max_epochs=4"]
+    proc = start_script("train.py", *command, f"hydra.run.dir={run}", cwd=tmp_path)
+    try:
+        wait_for(lambda: last_epoch(run) >= 1, what="epoch 1")
+        proc.send_signal(signal.SIGSTOP)  # still training, for as long as the test needs
+        before = file_digests(run)
+        again = train_cli(tmp_path, *command, f"trainer.resume={run}")
+        assert_refused(again, "another process is training this run right now")
+        assert file_digests(run) == before  # the refused command wrote nothing
+        proc.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_trained"] == 4
+
+
+def test_a_sweep_resumed_twice_skips_the_jobs_the_other_command_trains(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    command = ["-m", *SLOW_EPOCHS, "seed=0", "trainer.max_epochs=3"]
+    first = start_script("train.py", *command, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    try:
+        wait_for(lambda: last_epoch(sweep_dir / "0") >= 1, what="job 0 to finish epoch 1")
+        first.send_signal(signal.SIGSTOP)
+        before = file_digests(sweep_dir / "0")
+        second = train_cli(tmp_path, *command, f"sweep.resume={sweep_dir}")
+        assert second.returncode != 0, output(second)[-2000:]
+        assert "no job of the sweep completed (0 of 1 failed, 1 unfinished)" in output(second)
+        assert "Job skipped:" in output(second), output(second)[-2000:]
+        assert "another process is training this run right now" in output(second)
+        after = file_digests(sweep_dir / "0")
+        assert after.pop("train.log") != before.pop("train.log")  # the job's log says so
+        assert after == before  # and nothing else: no failure recorded in its metrics.json
+        first.send_signal(signal.SIGCONT)
+        out, _ = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, out[-2000:]
+    metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_trained"] == 3
+
+
 def test_a_sweep_whose_every_job_fails_exits_non_zero_and_says_where(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = train_cli(tmp_path, "-m", "optim.lr=-1,-2", f"hydra.sweep.dir={sweep_dir}")

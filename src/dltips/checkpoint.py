@@ -8,12 +8,14 @@ import re
 import secrets
 import shutil
 import zipfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dltips.errors import CheckpointError, OutputError
+from dltips.errors import CheckpointError, OutputError, RunInUse
 
 # what a dltips checkpoint holds: train.py's state() writes these keys
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "early_stopping", "history", "rng", "config")
@@ -238,6 +240,40 @@ def _what_is_wrong(ckpt: Any) -> str | None:
     if not isinstance(ckpt["history"], list):
         return f"its 'history' is a {type(ckpt['history']).__name__}, not a list"
     return None
+
+
+@contextmanager
+def sole_writer(run_dirs: list[Path]) -> Iterator[None]:
+    """Hold an exclusive lock on each run dir while training writes into it: RunInUse when
+    another process holds one (a run resumed while it still trains, a sweep resumed twice),
+    before anything is written. The kernel drops a lock when its process ends, however it
+    ends. Where the file system cannot lock (some network mounts), runs train unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    busy = []
+    with ExitStack() as held:
+        for run_dir in run_dirs:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(run_dir, os.O_RDONLY)
+            held.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy.append(run_dir)
+            except OSError:  # no locks here: as before there were any
+                pass
+        if busy:
+            raise RunInUse(
+                busy,
+                f"{', '.join(map(str, busy))}: another process is training "
+                f"{'this run' if len(busy) == 1 else 'these runs'} right now (was it resumed "
+                f"twice?). Nothing was written. Let it finish, or stop it (Ctrl-C saves its "
+                f"last epoch) and resume again.",
+            )
+        yield
 
 
 def continued_run_dir(resume: str | None) -> Path | None:

@@ -21,6 +21,14 @@ class OutputError(UserError):
     """The run directory cannot be written (disk full, read-only, ...)."""
 
 
+class RunInUse(UserError):
+    """Another process is training into these run dirs (a run or sweep resumed twice)."""
+
+    def __init__(self, run_dirs: list, message: str) -> None:
+        super().__init__(message)
+        self.run_dirs = run_dirs
+
+
 class Interrupted(Exception):
     """Training was stopped by a signal (Ctrl-C, SIGTERM) after saving what it had."""
 

@@ -56,8 +56,12 @@ class SummaryCallback(Callback):
         statuses = runs["runs"]["status"]
         failed, done = int((statuses == "failed").sum()), int(statuses.isin(DONE).sum())
         if done == 0:  # nothing to compare: the command failed, whatever the jobs' reasons
+            unfinished = int((statuses == "unfinished").sum())  # e.g. skipped: in use
+            counts = f"{failed} of {len(statuses)} failed" + (
+                f", {unfinished} unfinished" if unfinished else ""
+            )
             raise SystemExit(
-                f"error: no job of the sweep completed ({failed} of {len(statuses)} failed). "
+                f"error: no job of the sweep completed ({counts}). "
                 f"Their errors are in {sweep_dir / 'summary.md'} and each job's train.log."
             )
         if failed:

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dltips.errors import ConfigError, Interrupted, UserError
+from dltips.errors import ConfigError, Interrupted, RunInUse, UserError
 from dltips.preflight import check_same_job, holds_a_run, sweep_jobs
 from dltips.pruning import TrialPruning
 from dltips.resume import override_arg
@@ -119,6 +119,16 @@ def train_jobs(jobs: list[Job]) -> list[float]:
         results = train_group(jobs)
     except Interrupted as err:  # stops the sweep too: the user asked for it (already logged)
         raise SystemExit(128 + err.signum) from None
+    except RunInUse as err:  # nothing written: skip those jobs (no failure recorded in
+        # their dirs, which another process is writing) and train the others
+        busy = {d.resolve() for d in err.run_dirs}
+        in_use = [job.run_dir.resolve() in busy for job in jobs]
+        for job, skip in zip(jobs, in_use):
+            if skip:
+                job.log.error("Job skipped: %s", err)
+        free = [job for job, skip in zip(jobs, in_use) if not skip]
+        rest = iter(train_jobs(free) if free else [])
+        return [math.nan if skip else next(rest) for skip in in_use]
     except Exception as err:
         for job in jobs:
             if isinstance(err, UserError):

@@ -31,6 +31,7 @@ from dltips.checkpoint import (
     load_checkpoint,
     remove_stale_temporaries,
     resolve_resume,
+    sole_writer,
 )
 from dltips.config import resolve_device, validate
 from dltips.console import config_line, data_line, model_line
@@ -178,6 +179,20 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
     """
     for job in jobs:
         validate(job.cfg)  # every config error, before anything slow
+    # one process writes a run dir at a time: a run resumed while it still trains (a sweep
+    # resumed twice) is refused before it logs or writes anything there
+    with sole_writer([written_dir(job) for job in jobs]):
+        return train_locked(jobs)
+
+
+def written_dir(job: Job) -> Path:
+    """The dir a job's run writes: the run that trainer.resume continues, else its own."""
+    resume = job.cfg.trainer.resume
+    return (resolve_resume(resume)[1] or job.run_dir) if resume else job.run_dir
+
+
+def train_locked(jobs: list[Job]) -> list[dict[str, Any]]:
+    """train_group, once its configs are valid and it holds its runs' dirs."""
     first = jobs[0].cfg
     # What a process does once happens before the runs' clock starts: charged to whichever
     # run of a sweep comes first, it would make that run's setting look slow. torch's
