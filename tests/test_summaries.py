@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from conftest import run_script
 from dltips.report import DOCS_PAGE, SECTIONS, default_runs_dir, images_dir, report_page
-from dltips.runs import BadMetrics, finished_metrics, read_metrics, summarize
+from dltips.runs import BadMetrics, collect_runs, finished_metrics, read_metrics, summarize
 
 TINY_CLI = ["model.width=16", "trainer.max_epochs=1"]
 SWEEP = ["model.depth=0,1,2"]  # job 0 fails (depth 0 is invalid), jobs 1 and 2 complete
@@ -219,6 +219,13 @@ def test_null_metrics_of_a_diverged_run_are_not_damage(sweep_dir):
     metrics["history"][-1]["train/loss"] = None
     path.write_text(json.dumps(metrics))
     assert finished_metrics(sweep_dir / "2")["status"] == "diverged"
+
+
+def test_any_folder_of_runs_is_listed_in_natural_order(sweep_dir):
+    # a sweep's numbered jobs beside runs with names: job 10 after job 2, names after numbers
+    for name in ("10", "baseline", "adam"):
+        shutil.copytree(sweep_dir / "1", sweep_dir / name)
+    assert list(collect_runs(sweep_dir)["run"]) == ["0", "1", "2", "10", "adam", "baseline"]
 
 
 @pytest.mark.slow

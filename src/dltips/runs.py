@@ -166,8 +166,10 @@ def no_runs_message(
     )
 
 
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part for part in path.parts]
+def _natural_key(path: Path) -> list[tuple[int, int, str]]:
+    """Job 2 before job 10; a numbered folder before a named one at the same level, so any
+    two paths compare (a folder of runs may hold sweeps' `0/` beside a `baseline/`)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
 
 def split_settings(runs: "pd.DataFrame") -> tuple[list[str], dict[str, str]]:
