@@ -263,7 +263,7 @@ def sole_writer(run_dirs: list[Path]) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 busy.append(run_dir)
-            except OSError:  # no locks here: as before there were any
+            except OSError:  # a file system that cannot lock: train unlocked, as before
                 pass
         if busy:
             raise RunInUse(

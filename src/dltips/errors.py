@@ -1,5 +1,7 @@
 """Errors a user can cause: the entry points print their message and exit non-zero."""
 
+from pathlib import Path
+
 
 class UserError(Exception):
     """A mistake in the config, the data or the files, explained in the message."""
@@ -24,7 +26,7 @@ class OutputError(UserError):
 class RunInUse(UserError):
     """Another process is training into these run dirs (a run or sweep resumed twice)."""
 
-    def __init__(self, run_dirs: list, message: str) -> None:
+    def __init__(self, run_dirs: list[Path], message: str) -> None:
         super().__init__(message)
         self.run_dirs = run_dirs
 
