@@ -405,13 +405,12 @@ class Run:
     ) -> None:
         cfg, self.log = job.cfg, job.log
         self.cfg, self.device, self.bf16, self.started = cfg, device, bf16, started
-        self.run_dir = Path(job.run_dir)
+        self.run_dir = Path(written_dir(job))  # with trainer.resume, the run it continues
         self.resumed, self.ckpt_path = None, None
         if cfg.trainer.resume:  # every check before anything is written
-            self.ckpt_path, resumed_dir = resolve_resume(cfg.trainer.resume)
+            self.ckpt_path, _ = resolve_resume(cfg.trainer.resume)
             self.resumed = load_checkpoint(self.ckpt_path)
             check_same_run(self.resumed, cfg, self.ckpt_path)
-            self.run_dir = resumed_dir or self.run_dir  # keep writing into the run we continue
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume_hint = job.resume_hint or override_arg("trainer.resume", self.run_dir)
         self.pruning = job.pruning
