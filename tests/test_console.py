@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, CPU_ONLY, ROOT, TINY_CLI, make_cfg, run_script
-from dltips.console import config_changes
+from dltips.console import config_changes, data_line
 from dltips.data import load_dataset
 
 pytestmark = pytest.mark.slow
@@ -88,13 +88,22 @@ def test_start_shows_what_differs_the_data_and_the_model_and_a_bar_only_on_a_ter
     cfg = make_cfg()
     data = load_dataset(cfg.data, seed=0)
     assert (
-        f"Data mnist_5k: {len(data.y_train):,} train / {len(data.y_val):,} val / "
-        f"{len(data.y_test):,} test images, 784 features, 10 classes, batches of 100 "
+        f"Data mnist_5k: {len(data.y_train):,} train (350 per class) / {len(data.y_val):,} val "
+        f"/ {len(data.y_test):,} test images, 784 features, 10 classes, batches of 100 "
         f"({steps} steps per epoch)" in output
     )
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     params = sum(t.numel() for t in state.values())
     assert f"Model: 784-32-10 ReLU MLP, {params:,} parameters, on cpu" in output
+
+
+def test_data_line_says_which_subset_and_its_class_counts():
+    cfg = make_cfg("data.train_size=205")
+    line = data_line(cfg.data, load_dataset(cfg.data, seed=0))
+    assert line.startswith("Data mnist_5k: 205 train (subset_seed=0, 20-21 per class) / 500 val")
+    cfg = make_cfg("data.train_size=200", "data.subset_seed=null")
+    line = data_line(cfg.data, load_dataset(cfg.data, seed=0))
+    assert "200 train (the first N, 0-200 per class)" in line  # the class-sorted digits
 
 
 def test_config_line_lists_only_what_differs_from_the_defaults(tmp_path):

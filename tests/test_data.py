@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from omegaconf import OmegaConf
 
 from conftest import FASHION_DIR, make_cfg
-from dltips.data import load_dataset, read_cached, stratified_holdout
-from dltips.errors import DataError
+from dltips.data import load_dataset, read_cached, split_train_val, stratified_holdout
+from dltips.errors import CheckpointError, DataError
+from dltips.resume import check_same_run
 from dltips.train import train
 
 
@@ -47,10 +49,51 @@ def test_validation_split_follows_the_seed_and_test_split_does_not():
     assert torch.equal(a.x_val, load_dataset(make_cfg().data, seed=0).x_val)
 
 
-def test_train_size_takes_the_first_images_left_after_validation(digits):
+def assert_stratified(y_subset: torch.Tensor, y_all: torch.Tensor) -> None:
+    """Each class of the subset within 1 image of its share of the whole split."""
+    share = y_all.bincount().double() / len(y_all)
+    counts = y_subset.bincount(minlength=len(share)).double()
+    assert (counts - share * len(y_subset)).abs().max() <= 1, counts.tolist()
+
+
+def assert_subsets_follow_subset_seed(cfg_of, sizes, y_all) -> None:
+    """data.train_size: stratified, the same for every seed, another for another subset_seed,
+    never overlapping the validation images."""
+    for size in sizes:
+        a, b = (load_dataset(cfg_of(f"data.train_size={size}").data, seed=s) for s in (0, 1))
+        assert len(a.y_train) == size
+        assert_stratified(a.y_train, y_all)
+        assert torch.equal(a.x_train, b.x_train)  # sweeping seed varies training, not data
+        assert not torch.equal(a.x_val, b.x_val)
+        other = load_dataset(cfg_of(f"data.train_size={size}", "data.subset_seed=1").data, 0)
+        assert_stratified(other.y_train, y_all)
+        assert not torch.equal(other.x_train, a.x_train)
+
+
+@pytest.mark.parametrize("size", [10, 200, 1000, 3500])
+def test_train_and_val_indices_never_overlap(size, digits):
+    y = digits["y_train"]
+    train, val = split_train_val(y, size, 500, subset_seed=0, seed=3)
+    assert len(train) == size and len(val) == 500
+    assert not set(train.tolist()) & set(val.tolist())
+    assert_stratified(y[val], y)
+
+
+def test_train_size_on_the_class_sorted_bundled_digits_takes_every_class(digits):
+    # mnist_5k is stored sorted by class: "the first N" would be one or a few classes
+    assert_subsets_follow_subset_seed(make_cfg, [10, 200, 1000, 3000], digits["y_train"])
+
+
+def test_subset_seed_null_keeps_the_first_images_left_after_validation(digits):
     full = load_dataset(make_cfg().data, seed=0)
-    small = load_dataset(make_cfg("data.train_size=1000").data, seed=0)
-    assert torch.equal(small.x_train, full.x_train[:1000])
+    first = load_dataset(make_cfg("data.train_size=1000", "data.subset_seed=null").data, 0)
+    assert torch.equal(first.x_train, full.x_train[:1000])  # dltips 0.1's rule, on request
+
+
+def test_a_small_stratified_subset_learns_every_class(tmp_path):
+    cfg = make_cfg("model.width=32", "data.train_size=200", "trainer.max_epochs=10")
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["test/acc"] > 0.5  # the first 200 digits (all zeros) gave 0.133
 
 
 def test_normalization_modes():
@@ -108,6 +151,25 @@ def write_small_mnist(raw: Path, digits) -> None:
     write_idx(raw / "t10k-labels-idx1-ubyte", digits["y_test"][:200])
 
 
+def test_torchvision_mnist_subsets_are_stratified(tmp_path, digits):
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw / "train-images-idx3-ubyte", digits["x_train"][::4].view(-1, 28, 28))
+    write_idx(raw / "train-labels-idx1-ubyte", digits["y_train"][::4])  # sorted by class
+    write_idx(raw / "t10k-images-idx3-ubyte", digits["x_test"][:200].view(-1, 28, 28))
+    write_idx(raw / "t10k-labels-idx1-ubyte", digits["y_test"][:200])
+
+    def cfg_of(*overrides):
+        return make_cfg(
+            "data=mnist",
+            f"data.root={tmp_path}",
+            "data.download=false",
+            "data.val_size=100",
+            *overrides,
+        )
+
+    assert_subsets_follow_subset_seed(cfg_of, [10, 95, 500], digits["y_train"][::4])
+
+
 def test_torchvision_mnist_reads_real_idx_files(tmp_path, digits):
     write_small_mnist(tmp_path / "MNIST" / "raw", digits)
     cfg = make_cfg(
@@ -155,6 +217,12 @@ def test_fashion_mnist_from_debian_package_without_download(tmp_path):
         labels = torch.frombuffer(bytearray(f.read()[8:]), dtype=torch.uint8)
     assert torch.equal(data.y_test, labels.long())
 
+    def cfg_of(*overrides):
+        return make_cfg("data=fashion_mnist", f"data.root={tmp_path}", *overrides)
+
+    y_all = read_cached(cfg_of().data)["y_train"]
+    assert_subsets_follow_subset_seed(cfg_of, [100, 2000, 10000], y_all)
+
 
 def test_read_only_data_dir_trains_without_the_cache(tmp_path, caplog):
     data = tmp_path / "data"
@@ -179,3 +247,18 @@ def test_read_only_data_dir_trains_without_the_cache(tmp_path, caplog):
         f"Cannot write the data cache {data}/cache/mnist_5k.pt (Read-only file system): "
         f"training without it, decoding the data again in every run"
     ]
+
+
+@pytest.mark.parametrize("train_size", [None, 200])
+def test_a_checkpoint_from_before_subset_seed_resumes_on_the_images_it_trained_on(train_size):
+    cfg = make_cfg(*([f"data.train_size={train_size}"] if train_size else []))
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    del saved["data"]["subset_seed"]  # as dltips 0.1 wrote it
+    if train_size is None:  # no subset: nothing changes
+        check_same_run({"config": saved}, cfg, Path("last.pt"))
+        return
+    with pytest.raises(CheckpointError, match="data.subset_seed: None -> 0") as err:
+        check_same_run({"config": saved}, cfg, Path("last.pt"))
+    assert "add data.subset_seed=null" in str(err.value)
+    legacy = make_cfg(f"data.train_size={train_size}", "data.subset_seed=null")
+    check_same_run({"config": saved}, legacy, Path("last.pt"))

@@ -223,6 +223,11 @@ def validate(cfg: DictConfig) -> None:
         f"data.train_size={d.train_size!r}: must be null (all) or an integer >= 1.",
     )
     check(
+        d.get("subset_seed") is None or _is_int(d.subset_seed),
+        f"data.subset_seed={d.get('subset_seed')!r}: must be an integer (which stratified "
+        f"subset data.train_size takes) or null (the first data.train_size images).",
+    )
+    check(
         _is_int(d.val_size) and d.val_size >= 1,
         f"data.val_size={d.val_size!r}: must be an integer >= 1 (validation drives early "
         f"stopping and the best checkpoint).",

@@ -105,15 +105,23 @@ def config_line(cfg: DictConfig, run_dir: Path) -> str:
     return f"Config: {' '.join(changes)}  (the rest as default{where})"
 
 
-def data_line(name: str, data: DataSplits, batch_size: int) -> str:
-    """'Data mnist_5k: 3,500 train / 500 val / 1,000 test images, 784 features, 10 classes,
-    batches of 100 (35 steps per epoch)'."""
-    n_train = len(data.y_train)
+def data_line(cfg: DictConfig, data: DataSplits) -> str:
+    """'Data mnist_5k: 3,500 train (350 per class) / 500 val / 1,000 test images, 784
+    features, 10 classes, batches of 100 (35 steps per epoch)'; a subset says which."""
+    n_train, batch_size = len(data.y_train), cfg.batch_size
     steps = -(-n_train // batch_size)
+    counts = data.y_train.bincount(minlength=data.num_classes).tolist()
+    low, high = min(counts), max(counts)
+    per_class = f"{low:,}" if low == high else f"{low:,}-{high:,}"
+    subset = ""
+    if cfg.train_size is not None:
+        seed = cfg.get("subset_seed")
+        subset = "the first N, " if seed is None else f"subset_seed={seed}, "
     return (
-        f"Data {name}: {n_train:,} train / {len(data.y_val):,} val / {len(data.y_test):,} test "
-        f"images, {data.in_features} features, {data.num_classes} classes, batches of "
-        f"{batch_size:,} ({steps:,} step{'s' * (steps != 1)} per epoch)"
+        f"Data {cfg.name}: {n_train:,} train ({subset}{per_class} per class) / "
+        f"{len(data.y_val):,} val / {len(data.y_test):,} test images, {data.in_features} "
+        f"features, {data.num_classes} classes, batches of {batch_size:,} "
+        f"({steps:,} step{'s' * (steps != 1)} per epoch)"
     )
 
 

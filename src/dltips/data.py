@@ -175,6 +175,37 @@ def read_cached(cfg: DictConfig) -> dict[str, torch.Tensor]:
     return raw
 
 
+def split_train_val(
+    y: torch.Tensor, train_size: int | None, val_size: int, subset_seed: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val) into a training split of labels `y`.
+
+    With `train_size`, the training images are a class-stratified random subset drawn with
+    `subset_seed` from the whole split first (so every `seed` trains on the same images), and
+    the validation images are held out of the rest with `seed`; `subset_seed` None takes the
+    first `train_size` images left after the hold-out instead (dltips 0.1's rule).
+    Without `train_size`, every image not held out for validation trains.
+    """
+    n = len(y)
+    if val_size >= n:
+        raise ConfigError(
+            f"data.val_size={val_size} leaves no training data: the training split has "
+            f"{n} images. Use a smaller data.val_size."
+        )
+    if train_size is not None and train_size > n - val_size:
+        raise ConfigError(
+            f"data.train_size={train_size} is larger than the {n - val_size} training images "
+            f"left after holding out data.val_size={val_size}. "
+            f"Use data.train_size<={n - val_size} or null (all)."
+        )
+    if train_size is None or subset_seed is None:
+        keep, held = stratified_holdout(y, val_size, torch.Generator().manual_seed(seed))
+        return (keep if train_size is None else keep[:train_size]), held
+    rest, train = stratified_holdout(y, train_size, torch.Generator().manual_seed(subset_seed))
+    _, held = stratified_holdout(y[rest], val_size, torch.Generator().manual_seed(seed))
+    return train, rest[held]
+
+
 def load_dataset(
     cfg: DictConfig, seed: int, raw: dict[str, torch.Tensor] | None = None
 ) -> DataSplits:
@@ -188,15 +219,7 @@ def load_dataset(
             f"data.val_size={cfg.val_size} leaves no training data: the training split of "
             f"{cfg.name} has {len(y)} images. Use a smaller data.val_size."
         )
-    keep, held = stratified_holdout(y, cfg.val_size, torch.Generator().manual_seed(seed))
-    if cfg.train_size is not None:
-        if cfg.train_size > len(keep):
-            raise ConfigError(
-                f"data.train_size={cfg.train_size} is larger than the {len(keep)} training "
-                f"images left after holding out data.val_size={cfg.val_size}. "
-                f"Use data.train_size<={len(keep)} or null (all)."
-            )
-        keep = keep[: cfg.train_size]  # the first N, in the data set's own order
+    keep, held = split_train_val(y, cfg.train_size, cfg.val_size, cfg.get("subset_seed"), seed)
 
     # each split a new float tensor, normalized in place: on Fashion-MNIST's 55,000 training
     # images every extra pass or copy costs tens of ms per run (never the cached data's own)

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # settings (or prefixes ending in ".") that may differ between the runs of one group
 PER_RUN = (
     "seed",
+    "data.subset_seed",
     "optim.lr",
     "optim.weight_decay",
     "optim.momentum",

@@ -188,6 +188,7 @@ def key_hparams(cfg: DictConfig) -> dict[str, Any]:
         "data": cfg.data.name,
         "data/batch_size": cfg.data.batch_size,
         "data/train_size": cfg.data.train_size,
+        "data/subset_seed": cfg.data.get("subset_seed"),
         "data/normalize": cfg.data.normalize,
         "data/test_noise_std": cfg.data.test_noise_std,
         "trainer/max_epochs": cfg.trainer.max_epochs,
