@@ -15,6 +15,7 @@ import pytest
 from conftest import CPU_ONLY, ROOT, TINY_CLI, file_digests, run_script, start_script, wait_for
 from dltips.checkpoint import load_checkpoint
 from dltips.resume import override_arg
+from dltips.runs import summarize
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, **CPU_ONLY}  # for commands pasted into a shell
@@ -396,3 +397,21 @@ def test_read_only_output_dir_is_explained(tmp_path, read_only_dir, where):
     result = train_cli(tmp_path, *args, cwd=read_only_dir if where == "working dir" else None)
     assert_refused(result, "Cannot write the output directory")
     assert "Read-only file system" in result.stderr
+
+
+def test_a_sweep_job_resumed_alone_with_more_epochs_is_labelled_with_them(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    first = train_cli(tmp_path, "-m", "seed=0,1", f"hydra.sweep.dir={sweep_dir}")
+    assert first.returncode == 0, output(first)[-2000:]
+    again = train_cli(tmp_path, "trainer.max_epochs=3", f"trainer.resume={sweep_dir / '0'}")
+    assert again.returncode == 0, output(again)[-2000:]
+    assert "Summaries and plots label this run with its new settings" in output(again)
+    metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 3
+    assert metrics["resumed_with"] == {"trainer.max_epochs": "3"}
+
+    tables = summarize(sweep_dir)
+    runs = tables["runs"].set_index("run")
+    assert runs.loc["0", "trainer.max_epochs"] == "3" and runs.loc["1", "trainer.max_epochs"] == "2"
+    assert len(tables["seeds"]) == 2  # 3 epochs and 2 epochs: never pooled over seeds
+    assert "trainer.max_epochs=2" not in (sweep_dir / "summary.md").read_text()

@@ -5,6 +5,7 @@ train (RESUMABLE) may differ and are logged; any other difference is refused bef
 anything is written.
 """
 
+import json
 import logging
 import re
 import shlex
@@ -35,6 +36,9 @@ RESUMABLE = (
     "sweep.resume",
     "lecture.",  # a preset's description (its published numbers), not a setting
 )
+# the RESUMABLE settings that change a run's results: a run resumed with another value is
+# labelled with it (metrics.json "resumed_with"), so no summary pools it with runs without
+DEFINES_RESULTS = ("trainer.max_epochs", "trainer.early_stopping.")
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -62,7 +66,12 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
 
 def check_same_run(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
     """Refuse to continue a checkpoint whose run was defined by other settings."""
-    refused, allowed = config_changes(ckpt["config"], OmegaConf.to_container(cfg, resolve=True))
+    saved = ckpt["config"]
+    if "subset_seed" not in saved.get("data", {}):  # dltips 0.1: train_size took the first N
+        saved = {**saved, "data": {**saved["data"], "subset_seed": None}}
+        if saved["data"].get("train_size") is None:  # no subset: the key changes nothing
+            saved["data"]["subset_seed"] = cfg.data.get("subset_seed")
+    refused, allowed = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
     if refused:
         raise CheckpointError(
             f"Checkpoint {path} was written by a run with other settings; continuing it with "
@@ -72,10 +81,35 @@ def check_same_run(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
             ".hydra/config.yaml), or start a new run without trainer.resume. Only "
             "trainer.max_epochs, trainer.device, trainer.num_threads, the early-stopping "
             "patience and the data location may change on resume."
+            + (
+                " This run was written by dltips 0.1, whose data.train_size took the first "
+                "images: add data.subset_seed=null to continue it on the same images."
+                if any(c.startswith("data.subset_seed: None ->") for c in refused)
+                else ""
+            )
         )
     allowed = [c for c in allowed if not c.startswith(("trainer.resume:", "sweep.resume:"))]
     if allowed:
         log.info("Resuming with changed settings: %s", "; ".join(allowed))
+    if any(c.startswith(DEFINES_RESULTS) for c in allowed):
+        log.info(
+            "Summaries and plots label this run with its new settings: its results are no "
+            "longer pooled with runs trained without the change."
+        )
+
+
+def resumed_with(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
+    """{key: value} of every result-defining setting this resume changes, and those earlier
+    resumes of the run changed, values written as an override would write them."""
+    old = flatten(ckpt["config"])
+    new = flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = {k: v for k, v in new.items() if k.startswith(DEFINES_RESULTS) and old.get(k, v) != v}
+    return {**ckpt.get("resumed_with", {}), **{k: _override_value(v) for k, v in changed.items()}}
+
+
+def _override_value(value: Any) -> str:
+    """5 -> '5', None -> 'null', True -> 'true': a value as it reads in an override."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:

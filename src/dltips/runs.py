@@ -138,6 +138,7 @@ def collect_runs(root: Path) -> "pd.DataFrame":
         row = {
             "run": run_dir.relative_to(root).as_posix() or ".",
             **settings_of(recorded_overrides(run_dir) or []),
+            **metrics.get("resumed_with", {}),  # settings changed on resume label the run
         }
         row["status"] = metrics.get("status", "unfinished")
         row.update({k: metrics.get(k) for k in METRIC_COLUMNS})

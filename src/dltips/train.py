@@ -41,7 +41,7 @@ from dltips.errors import CheckpointError, ConfigError, Interrupted, OutputError
 from dltips.losses import check_criterion
 from dltips.models import layer_names
 from dltips.pruning import TrialPruning
-from dltips.resume import check_same_run, override_arg, rng_state
+from dltips.resume import check_same_run, override_arg, resumed_with, rng_state
 from dltips.runs import finished_metrics
 from dltips.signals import catch_stop_signals
 from dltips.stacked import MemberOptimizer, StackedMLP, member_losses
@@ -411,6 +411,8 @@ class Run:
             self.ckpt_path, _ = resolve_resume(cfg.trainer.resume)
             self.resumed = load_checkpoint(self.ckpt_path)
             check_same_run(self.resumed, cfg, self.ckpt_path)
+        # result-defining settings this run has trained with since it started otherwise
+        self.resumed_with = resumed_with(self.resumed, cfg) if self.resumed else {}
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume_hint = job.resume_hint or override_arg("trainer.resume", self.run_dir)
         self.pruning = job.pruning
@@ -519,7 +521,7 @@ class Run:
     def open(self) -> None:
         """Log the setup, save epoch 0 (a new run) and open the TensorBoard writer."""
         self.log.info(config_line(self.cfg, self.run_dir))
-        data = data_line(self.cfg.data.name, self.data, self.cfg.data.batch_size)
+        data = data_line(self.cfg.data, self.data)
         self.log.info(data, extra=SAME_IN_GROUP)
         self.log.info(model_line(self.model, str(self.device)), extra=SAME_IN_GROUP)
         remove_stale_temporaries(self.ckpt_dir)
@@ -549,6 +551,7 @@ class Run:
             "wall_seconds": self.earlier_wall_seconds + time.perf_counter() - self.started,
             "rng": rng,
             "config": self.config,
+            "resumed_with": self.resumed_with,
         }
 
     def end_epoch(
@@ -689,6 +692,8 @@ class Run:
             "num_threads": torch.get_num_threads(),
             "history": self.history,
         }
+        if self.resumed_with:  # labels for summaries: see dltips.resume.DEFINES_RESULTS
+            result["resumed_with"] = self.resumed_with
         if self.batched:
             result["batch"] = {"members": len(self.optimizer.params), "member": self.member}
         self.result = _json_safe(result)
