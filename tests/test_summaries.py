@@ -11,9 +11,17 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import run_script
+from conftest import make_cfg, run_script
 from dltips.report import DOCS_PAGE, SECTIONS, default_runs_dir, images_dir, report_page
-from dltips.runs import BadMetrics, collect_runs, finished_metrics, read_metrics, summarize
+from dltips.runs import (
+    BadMetrics,
+    collect_runs,
+    finished_metrics,
+    read_metrics,
+    seed_table,
+    summarize,
+)
+from dltips.train import train
 
 TINY_CLI = ["model.width=16", "trainer.max_epochs=1"]
 SWEEP = ["model.depth=0,1,2"]  # job 0 fails (depth 0 is invalid), jobs 1 and 2 complete
@@ -362,3 +370,68 @@ def test_report_from_runs_with_its_default_runs_dir_missing_is_an_error(tmp_path
     assert "which does not exist" in result.stderr and "Nothing was written" in result.stderr
     assert list(tmp_path.iterdir()) == []
     assert digest(*docs_files()) == before
+
+
+# 0. one rule for run status: means over usable runs only, "n of m", what was left out
+
+
+def train_run(root: Path, name: str, *overrides: str) -> dict:
+    """A tiny real run in root/name with its .hydra/overrides.yaml, as a sweep job has it."""
+    metrics = train(make_cfg("model.width=16", "trainer.max_epochs=1", *overrides), root / name)
+    (root / name / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(list(overrides)), root / name / ".hydra" / "overrides.yaml")
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def lr_seed_runs(tmp_path_factory, data_root) -> Path:
+    """optim.lr=0.1,1e30 x seed=0,1 with SGD: the two runs with lr 1e30 diverge."""
+    root = tmp_path_factory.mktemp("lr_seed")
+    for i, (lr, seed) in enumerate([(lr, s) for lr in ("0.1", "1e30") for s in (0, 1)]):
+        train_run(root, str(i), "optim=sgd", f"optim.lr={lr}", f"seed={seed}")
+    return root
+
+
+def test_seed_means_leave_out_diverged_and_unfinished_runs_and_say_n_of_m(lr_seed_runs, tmp_path):
+    root = Path(shutil.copytree(lr_seed_runs, tmp_path / "runs"))
+    assert [read_metrics(root / r)["status"] for r in "0123"] == [
+        "completed", "completed", "diverged", "diverged",
+    ]  # fmt: skip
+    (root / "1" / "metrics.json").unlink()  # seed 1 of lr 0.1: still running
+    good = read_metrics(root / "0")
+    tables = summarize(root, "val/acc")
+    seeds = tables["seeds"].set_index("optim.lr")
+    assert seeds.loc["0.1", "runs"] == "1 of 2" and seeds.loc["0.1", "left out"] == "1 unfinished"
+    assert seeds.loc["0.1", "val/acc"] == f"{good['val/acc']:.4f} ± 0.0000"
+    assert seeds.loc["1e30", "runs"] == "0 of 2" and seeds.loc["1e30", "left out"] == "2 diverged"
+    assert seeds.loc["1e30", "val/acc"] == seeds.loc["1e30", "test/acc"] == ""  # no result
+    text = (root / "summary.md").read_text()
+    assert "4 runs (1 completed, 2 diverged, 1 unfinished)" in text
+    rows = markdown_rows(text.split("## Mean ± std over seeds")[1])
+    assert [(r["optim.lr"], r["runs"], r["left out"]) for r in rows] == [
+        ("0.1", "1 of 2", "1 unfinished"),
+        ("1e30", "0 of 2", "2 diverged"),
+    ]
+    # the runs table: the usable run first, then the others by status, never ranked among them
+    assert list(tables["runs"]["status"]) == ["completed", "diverged", "diverged", "unfinished"]
+    # seed_table, the rule itself, on any table of runs (a report's, a plot's)
+    runs = collect_runs(root)
+    table = seed_table(runs, ["optim.lr"], ["val/acc"])
+    assert list(table.columns) == ["optim.lr", "runs", "left out", "n", "of", "val/acc"]
+    assert list(table["n"]) == [1, 0] and list(table["of"]) == [2, 2]
+    assert list(seed_table(runs, [], ["val/acc"])["runs"]) == ["1 of 4"]
+
+
+def test_a_run_that_early_stopping_ended_shows_as_stopped_early_and_counts(tmp_path):
+    # min_delta 10: no epoch after the first counts as better, so patience 1 stops at epoch 2
+    stop = ["trainer.early_stopping.min_delta=10", "trainer.early_stopping.patience=1"]
+    for seed, epochs in ((0, 3), (1, 1)):  # seed 1 trains its one epoch: completed
+        metrics = train_run(
+            tmp_path, str(seed), *stop, f"trainer.max_epochs={epochs}", f"seed={seed}"
+        )
+        assert metrics["status"] == "completed"
+        assert metrics["stopped_early"] == (seed == 0) and metrics["epochs_trained"] == 2 - seed
+    assert list(collect_runs(tmp_path)["status"]) == ["stopped early", "completed"]
+    seeds = summarize(tmp_path)["seeds"]  # a stopped run's numbers are a result: in the mean
+    assert list(seeds["runs"]) == ["1 of 1", "1 of 1"] and list(seeds["left out"]) == ["", ""]
+    assert "2 runs (1 completed, 1 stopped early)" in (tmp_path / "summary.md").read_text()
