@@ -9,9 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from matplotlib.collections import PathCollection
 from omegaconf import OmegaConf
 
 from conftest import make_cfg, run_script
+from dltips.plots import against_figure, curves_figure
 from dltips.report import DOCS_PAGE, SECTIONS, default_runs_dir, images_dir, report_page
 from dltips.runs import (
     BadMetrics,
@@ -435,3 +437,70 @@ def test_a_run_that_early_stopping_ended_shows_as_stopped_early_and_counts(tmp_p
     seeds = summarize(tmp_path)["seeds"]  # a stopped run's numbers are a result: in the mean
     assert list(seeds["runs"]) == ["1 of 1", "1 of 1"] and list(seeds["left out"]) == ["", ""]
     assert "2 runs (1 completed, 1 stopped early)" in (tmp_path / "summary.md").read_text()
+
+
+# 0b. plots of an Optuna search: continuous keys on one axis, pruned trials marked
+
+SEARCHED = [
+    (0.012345678901234567, 0.1234567890123),
+    (0.0234567890123456, 0.2345678901234),
+    (0.034567890123456789, 0.0456789012345),
+    (0.045678901234567891, 0.3456789012345),
+    (0.056789012345678912, 0.0567890123456),
+    (0.067890123456789123, 0.4567890123456),
+]
+PRUNED_TRIALS = ("1", "4")
+
+
+@pytest.fixture(scope="module")
+def search_runs(tmp_path_factory, data_root) -> Path:
+    """Six trials as an Optuna search over optim.lr and model.dropout leaves them: Optuna's
+    raw floats in overrides.yaml, trials 1 and 4 pruned after epoch 1 (status pruned)."""
+    root = tmp_path_factory.mktemp("search")
+    for i, (lr, dropout) in enumerate(SEARCHED):
+        pruned = str(i) in PRUNED_TRIALS
+        overrides = [f"optim.lr={lr}", f"model.dropout={dropout}"]
+        train(make_cfg(*overrides, "model.width=16", f"trainer.max_epochs={1 if pruned else 2}"),
+              root / str(i))  # fmt: skip
+        (root / str(i) / ".hydra").mkdir()
+        OmegaConf.save(OmegaConf.create(overrides), root / str(i) / ".hydra" / "overrides.yaml")
+        if pruned:
+            edit = edit_json(lambda m: m.update(status="pruned"))
+            path = root / str(i) / "metrics.json"
+            path.write_text(edit(path.read_text()))
+    return root
+
+
+def texts(fig) -> list[str]:
+    """Every title, legend entry and tick label of a figure."""
+    found = [fig.get_suptitle()]
+    for ax in fig.axes:
+        found += [ax.get_title(), ax.get_xlabel()]
+        found += [t.get_text() for t in ax.get_xticklabels()]
+        if ax.get_legend():
+            found += [t.get_text() for t in ax.get_legend().get_texts()]
+    return found
+
+
+def test_plots_of_a_search_have_one_axis_per_float_and_mark_pruned_trials(search_runs):
+    runs = collect_runs(search_runs)
+    assert list(runs["status"]).count("pruned") == 2
+    keys = ["model.dropout", "optim.lr"]
+    curves = curves_figure(search_runs, runs, keys)
+    assert len(curves.axes) == 1  # not a panel per dropout
+    against = against_figure(runs, "optim.lr", ["model.dropout"])
+    for fig in (curves, against):
+        for text in texts(fig):  # 4 significant digits at most, never 18
+            assert not re.search(r"\d{6,}", text), text
+        pruned = [line for ax in fig.axes for line in ax.lines if line.get_gid() == "pruned"]
+        assert pruned and all(set(line.get_ydata()) == {0.0} for line in pruned)
+        legend = [t for ax in fig.axes for t in ax.get_legend().get_texts()]
+        assert sum("pruned" in t.get_text() for t in legend) == len(fig.axes)  # one entry each
+    assert "lr=0.01235" in " ".join(texts(curves))
+    # the pruned trials' values are no points of the final metrics, only marks at their lr
+    for ax in against.axes:
+        marks = [x for line in ax.lines if line.get_gid() == "pruned" for x in line.get_xdata()]
+        assert sorted(marks) == sorted(SEARCHED[int(t)][0] for t in PRUNED_TRIALS)
+        dots = [c for c in ax.collections if isinstance(c, PathCollection)]  # each seed's
+        points = [x for c in dots for x, _ in c.get_offsets()]
+        assert len(points) == 4 and not set(points) & set(marks)
