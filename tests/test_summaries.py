@@ -9,11 +9,21 @@ import shutil
 from pathlib import Path
 
 import pytest
+from matplotlib.collections import PathCollection
 from omegaconf import OmegaConf
 
-from conftest import run_script
+from conftest import make_cfg, run_script
+from dltips.plots import against_figure, curves_figure
 from dltips.report import DOCS_PAGE, SECTIONS, default_runs_dir, images_dir, report_page
-from dltips.runs import BadMetrics, collect_runs, finished_metrics, read_metrics, summarize
+from dltips.runs import (
+    BadMetrics,
+    collect_runs,
+    finished_metrics,
+    read_metrics,
+    seed_table,
+    summarize,
+)
+from dltips.train import train
 
 TINY_CLI = ["model.width=16", "trainer.max_epochs=1"]
 SWEEP = ["model.depth=0,1,2"]  # job 0 fails (depth 0 is invalid), jobs 1 and 2 complete
@@ -362,3 +372,135 @@ def test_report_from_runs_with_its_default_runs_dir_missing_is_an_error(tmp_path
     assert "which does not exist" in result.stderr and "Nothing was written" in result.stderr
     assert list(tmp_path.iterdir()) == []
     assert digest(*docs_files()) == before
+
+
+# 0. one rule for run status: means over usable runs only, "n of m", what was left out
+
+
+def train_run(root: Path, name: str, *overrides: str) -> dict:
+    """A tiny real run in root/name with its .hydra/overrides.yaml, as a sweep job has it."""
+    metrics = train(make_cfg("model.width=16", "trainer.max_epochs=1", *overrides), root / name)
+    (root / name / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(list(overrides)), root / name / ".hydra" / "overrides.yaml")
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def lr_seed_runs(tmp_path_factory, data_root) -> Path:
+    """optim.lr=0.1,1e30 x seed=0,1 with SGD: the two runs with lr 1e30 diverge."""
+    root = tmp_path_factory.mktemp("lr_seed")
+    for i, (lr, seed) in enumerate([(lr, s) for lr in ("0.1", "1e30") for s in (0, 1)]):
+        train_run(root, str(i), "optim=sgd", f"optim.lr={lr}", f"seed={seed}")
+    return root
+
+
+def test_seed_means_leave_out_diverged_and_unfinished_runs_and_say_n_of_m(lr_seed_runs, tmp_path):
+    root = Path(shutil.copytree(lr_seed_runs, tmp_path / "runs"))
+    assert [read_metrics(root / r)["status"] for r in "0123"] == [
+        "completed", "completed", "diverged", "diverged",
+    ]  # fmt: skip
+    (root / "1" / "metrics.json").unlink()  # seed 1 of lr 0.1: still running
+    good = read_metrics(root / "0")
+    tables = summarize(root, "val/acc")
+    seeds = tables["seeds"].set_index("optim.lr")
+    assert seeds.loc["0.1", "runs"] == "1 of 2" and seeds.loc["0.1", "left out"] == "1 unfinished"
+    assert seeds.loc["0.1", "val/acc"] == f"{good['val/acc']:.4f} ± 0.0000"
+    assert seeds.loc["1e30", "runs"] == "0 of 2" and seeds.loc["1e30", "left out"] == "2 diverged"
+    assert seeds.loc["1e30", "val/acc"] == seeds.loc["1e30", "test/acc"] == ""  # no result
+    text = (root / "summary.md").read_text()
+    assert "4 runs (1 completed, 2 diverged, 1 unfinished)" in text
+    rows = markdown_rows(text.split("## Mean ± std over seeds")[1])
+    assert [(r["optim.lr"], r["runs"], r["left out"]) for r in rows] == [
+        ("0.1", "1 of 2", "1 unfinished"),
+        ("1e30", "0 of 2", "2 diverged"),
+    ]
+    # the runs table: the usable run first, then the others by status, never ranked among them
+    assert list(tables["runs"]["status"]) == ["completed", "diverged", "diverged", "unfinished"]
+    # seed_table, the rule itself, on any table of runs (a report's, a plot's)
+    runs = collect_runs(root)
+    table = seed_table(runs, ["optim.lr"], ["val/acc"])
+    assert list(table.columns) == ["optim.lr", "runs", "left out", "n", "of", "val/acc"]
+    assert list(table["n"]) == [1, 0] and list(table["of"]) == [2, 2]
+    assert list(seed_table(runs, [], ["val/acc"])["runs"]) == ["1 of 4"]
+
+
+def test_a_run_that_early_stopping_ended_shows_as_stopped_early_and_counts(tmp_path):
+    # min_delta 10: no epoch after the first counts as better, so patience 1 stops at epoch 2
+    stop = ["trainer.early_stopping.min_delta=10", "trainer.early_stopping.patience=1"]
+    for seed, epochs in ((0, 3), (1, 1)):  # seed 1 trains its one epoch: completed
+        metrics = train_run(
+            tmp_path, str(seed), *stop, f"trainer.max_epochs={epochs}", f"seed={seed}"
+        )
+        assert metrics["status"] == "completed"
+        assert metrics["stopped_early"] == (seed == 0) and metrics["epochs_trained"] == 2 - seed
+    assert list(collect_runs(tmp_path)["status"]) == ["stopped early", "completed"]
+    seeds = summarize(tmp_path)["seeds"]  # a stopped run's numbers are a result: in the mean
+    assert list(seeds["runs"]) == ["1 of 1", "1 of 1"] and list(seeds["left out"]) == ["", ""]
+    assert "2 runs (1 completed, 1 stopped early)" in (tmp_path / "summary.md").read_text()
+
+
+# 0b. plots of an Optuna search: continuous keys on one axis, pruned trials marked
+
+SEARCHED = [
+    (0.012345678901234567, 0.1234567890123),
+    (0.0234567890123456, 0.2345678901234),
+    (0.034567890123456789, 0.0456789012345),
+    (0.045678901234567891, 0.3456789012345),
+    (0.056789012345678912, 0.0567890123456),
+    (0.067890123456789123, 0.4567890123456),
+]
+PRUNED_TRIALS = ("1", "4")
+
+
+@pytest.fixture(scope="module")
+def search_runs(tmp_path_factory, data_root) -> Path:
+    """Six trials as an Optuna search over optim.lr and model.dropout leaves them: Optuna's
+    raw floats in overrides.yaml, trials 1 and 4 pruned after epoch 1 (status pruned)."""
+    root = tmp_path_factory.mktemp("search")
+    for i, (lr, dropout) in enumerate(SEARCHED):
+        pruned = str(i) in PRUNED_TRIALS
+        overrides = [f"optim.lr={lr}", f"model.dropout={dropout}"]
+        train(make_cfg(*overrides, "model.width=16", f"trainer.max_epochs={1 if pruned else 2}"),
+              root / str(i))  # fmt: skip
+        (root / str(i) / ".hydra").mkdir()
+        OmegaConf.save(OmegaConf.create(overrides), root / str(i) / ".hydra" / "overrides.yaml")
+        if pruned:
+            edit = edit_json(lambda m: m.update(status="pruned"))
+            path = root / str(i) / "metrics.json"
+            path.write_text(edit(path.read_text()))
+    return root
+
+
+def texts(fig) -> list[str]:
+    """Every title, legend entry and tick label of a figure."""
+    found = [fig.get_suptitle()]
+    for ax in fig.axes:
+        found += [ax.get_title(), ax.get_xlabel()]
+        found += [t.get_text() for t in ax.get_xticklabels()]
+        if ax.get_legend():
+            found += [t.get_text() for t in ax.get_legend().get_texts()]
+    return found
+
+
+def test_plots_of_a_search_have_one_axis_per_float_and_mark_pruned_trials(search_runs):
+    runs = collect_runs(search_runs)
+    assert list(runs["status"]).count("pruned") == 2
+    keys = ["model.dropout", "optim.lr"]
+    curves = curves_figure(search_runs, runs, keys)
+    assert len(curves.axes) == 1  # not a panel per dropout
+    against = against_figure(runs, "optim.lr", ["model.dropout"])
+    for fig in (curves, against):
+        for text in texts(fig):  # 4 significant digits at most, never 18
+            assert not re.search(r"\d{6,}", text), text
+        pruned = [line for ax in fig.axes for line in ax.lines if line.get_gid() == "pruned"]
+        assert pruned and all(set(line.get_ydata()) == {0.0} for line in pruned)
+        legend = [t for ax in fig.axes for t in ax.get_legend().get_texts()]
+        assert sum("pruned" in t.get_text() for t in legend) == len(fig.axes)  # one entry each
+    assert "lr=0.01235" in " ".join(texts(curves))
+    # the pruned trials' values are no points of the final metrics, only marks at their lr
+    for ax in against.axes:
+        marks = [x for line in ax.lines if line.get_gid() == "pruned" for x in line.get_xdata()]
+        assert sorted(marks) == sorted(SEARCHED[int(t)][0] for t in PRUNED_TRIALS)
+        dots = [c for c in ax.collections if isinstance(c, PathCollection)]  # each seed's
+        points = [x for c in dots for x, _ in c.get_offsets()]
+        assert len(points) == 4 and not set(points) & set(marks)

@@ -64,7 +64,7 @@ def test_seed_sweep_gets_a_mean_and_std_table(tmp_path):
     text = (sweep_dir / "summary.md").read_text()
     assert "Mean ± std over seeds" in text
     seeds = summarize(sweep_dir)["seeds"]
-    assert list(seeds["model"]) == ["sigmoid", "relu"] and list(seeds["seeds"]) == [2, 2]
+    assert list(seeds["model"]) == ["sigmoid", "relu"] and list(seeds["runs"]) == ["2 of 2"] * 2
     assert all("±" in v for v in seeds["test/acc"])
 
 

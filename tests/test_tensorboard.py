@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata
+from tensorboard.plugins.hparams import api_pb2, metadata
 
 from conftest import TINY_CLI, make_cfg, run_script
 from dltips.tensorboard_log import (
     FINAL,
     METRICS,
     events_dir,
+    log_sweep_hparams,
     open_writer,
     read_session,
     run_label,
@@ -67,8 +68,11 @@ def test_sweep_runs_are_named_by_the_swept_keys_in_numbered_job_dirs(sweep_dir):
 def test_sweep_hparams_start_with_the_swept_keys_and_val_test_metrics(sweep_dir):
     # one experiment for all of the sweep's runs: its columns are what differs between them
     exp = experiment(sweep_dir / "hparams")
-    assert [(h.name, h.differs) for h in exp.hparam_infos] == [("model/activation", True)]
-    assert {v.string_value for v in exp.hparam_infos[0].domain_discrete.values} == {
+    assert [(h.name, h.differs) for h in exp.hparam_infos] == [
+        ("status", False),
+        ("model/activation", True),
+    ]
+    assert {v.string_value for v in exp.hparam_infos[1].domain_discrete.values} == {
         "Sigmoid",
         "ReLU",
     }
@@ -105,7 +109,10 @@ def test_resumed_sweep_job_writes_into_the_same_tensorboard_run(sweep_dir, tmp_p
         "model=relu",
     ]
     assert [e.step for e in events(copy / "1" / "model=relu").Scalars("val/acc")] == [1, 2]
-    assert [h.name for h in experiment(copy / "hparams").hparam_infos] == ["model/activation"]
+    assert [h.name for h in experiment(copy / "hparams").hparam_infos] == [
+        "status",
+        "model/activation",
+    ]
 
 
 def test_single_run_puts_learning_curves_first_and_grad_norms_as_log10(tmp_path):
@@ -156,8 +163,11 @@ def test_run_label_names_only_swept_keys_and_is_a_safe_bounded_folder_name(tmp_p
     first = job(sweep, 0, "model.depth=2", "experiment=lecture/step4", "trainer.max_epochs=3",
                 "trainer.device=cpu", "optim.lr=0.00012345678901")  # fmt: skip
     assert run_label(first) == "model.depth=2,experiment=lecture-step4,optim.lr=0.0001235"
-    long = job(sweep, 1, "model.depth=1", f"experiment={'x' * 200}")
-    assert len(run_label(long)) == 80 and "/" not in run_label(long)
+    long = job(sweep, 1, "model.depth=1", f"experiment={'x' * 200}", "optim.lr=0.001")
+    label = run_label(long)
+    assert len(label) == 80 and "/" not in label
+    # every swept key stays in the name: the long value is cut, not the keys after it
+    assert label.startswith("model.depth=1,experiment=xxx") and label.endswith("...,optim.lr=0.001")
     assert run_label(job(tmp_path / "single", 0, "model=relu")) is None  # no multirun.yaml
 
 
@@ -191,3 +201,24 @@ def test_a_resumed_runs_events_sort_after_the_interrupted_runs(tmp_path):
     started = time.monotonic()
     open_writer(tmp_path, first_epoch=3).close()
     assert time.monotonic() - started < 1
+
+
+def test_the_hparams_table_shows_each_runs_status_first(tmp_path):
+    # two runs as a sweep's jobs: one completed, one diverged (SGD at lr 1e30)
+    for job_dir, lr in (("0", "0.1"), ("1", "1e30")):
+        train(make_cfg("optim=sgd", f"optim.lr={lr}", "trainer.max_epochs=1"), tmp_path / job_dir)
+    assert [read_session(tmp_path / j)["status"] for j in "01"] == ["completed", "diverged"]
+    log_sweep_hparams(tmp_path)
+    first = experiment(tmp_path / "hparams").hparam_infos[0]
+    assert first.name == "status" and first.differs
+    assert [v.string_value for v in first.domain_discrete.values] == ["completed", "diverged"]
+    # and the session's own status: a diverged run's session failed
+    ends = [
+        metadata.parse_session_end_info_plugin_data(
+            events(tmp_path / j).PluginTagToContent(metadata.PLUGIN_NAME)[
+                metadata.SESSION_END_INFO_TAG
+            ]
+        ).status
+        for j in "01"
+    ]
+    assert ends == [api_pb2.Status.Value("STATUS_SUCCESS"), api_pb2.Status.Value("STATUS_FAILURE")]

@@ -3,9 +3,12 @@
 Runs that differ only in `seed` are one setting: curves show their mean with a band from the
 lowest to the highest seed, final metrics their mean ± std with every seed as a dot. A key that
 a plot does not separate is named in its title, with what each line pools.
-Diverged runs are crosses on the bottom edge of the axes, at the epoch or setting where they
-diverged and named in the legend: never left out, never drawn at a height that reads as an
-accuracy, never stretching the y axis. Accuracy axes span at least MIN_ACC_SPAN, so that a
+Means and lines pool the usable runs only (runs.USABLE: completed or stopped early).
+Diverged runs are crosses and pruned trials triangles on the bottom edge of the axes, at the
+epoch or setting where they ended and named in the legend: never left out, never drawn at a
+height that reads as an accuracy, never stretching the y axis. A float key searched over many
+values (an Optuna search) is one continuous axis, never a panel or a line per value; values
+in labels are rounded to 4 significant digits. Accuracy axes span at least MIN_ACC_SPAN, so that a
 difference within seed noise does not fill the panel; every line has its own marker shape,
 and a line hidden under another says so in the legend.
 """
@@ -22,17 +25,21 @@ from matplotlib.ticker import MaxNLocator
 
 from dltips.runs import (
     DONE,
+    USABLE,
     collect_runs,
     no_runs_message,
     read_metrics,
     split_settings,
+    status_counts,
 )
 
 DEFAULT = "(default)"  # how a plot shows a key that a run did not override
 TEST_ONLY = "data.test_noise_std"  # changes the test inputs only, never training or val
 DIVERGED = {"marker": "X", "markersize": 9, "markeredgecolor": "tab:red", "linestyle": ""}
 MIN_ACC_SPAN = 0.15  # an accuracy axis spans at least this: 0.01 is 1/15 of its height
+PRUNED = {"marker": "v", "markersize": 8, "markeredgecolor": "dimgray", "linestyle": ""}
 MARKERS = "osD^vP*<>h"  # one hollow shape per line: lines on top of each other still show
+MAX_VALUES = 4  # a float key with more values than this is continuous: no panel or line each
 
 
 def mark_diverged(ax, xs, label: str | None, color: object = "tab:red", note: bool = True) -> None:
@@ -67,10 +74,26 @@ def mark_diverged(ax, xs, label: str | None, color: object = "tab:red", note: bo
         )
 
 
+def mark_pruned(ax, xs, label: str | None) -> None:
+    """Grey triangles on the bottom edge of `ax` at `xs` (epochs or settings) for pruned
+    trials: like diverged runs, their early-epoch values are no final result."""
+    ax.plot(
+        list(xs),
+        [0.0] * len(list(xs)),
+        transform=ax.get_xaxis_transform(),
+        clip_on=False,
+        zorder=6,
+        markerfacecolor="lightgray",
+        label=label,
+        gid="pruned",
+        **PRUNED,
+    )
+
+
 def room_for_diverged(ax) -> None:
-    """Lower the y axis by a strip below the data where `ax` marks diverged runs, so that
-    their crosses and notes on the bottom edge sit apart from every measured value."""
-    if any(line.get_gid() == "diverged" for line in ax.lines):
+    """Lower the y axis by a strip below the data where `ax` marks diverged or pruned runs,
+    so that their marks and notes on the bottom edge sit apart from every measured value."""
+    if any(line.get_gid() in ("diverged", "pruned") for line in ax.lines):
         low, high = ax.get_ylim()
         ax.set_ylim(low - 0.12 * (high - low), high)
 
@@ -89,9 +112,33 @@ def _setting(value: object) -> str:
     return DEFAULT if pd.isna(value) else str(value)
 
 
+def show_value(value: object) -> str:
+    """A swept value as a label shows it: a float to 4 significant digits (0.0001235)."""
+    text = _setting(value)
+    if "." in text or "e" in text.lower():
+        with contextlib.suppress(ValueError):
+            return f"{float(text):.4g}"
+    return text
+
+
 def short_label(key: str, value: object) -> str:
     """`depth=4` for model.depth=4: the last part of the key is enough in a legend."""
-    return f"{key.rsplit('.', 1)[-1]}={_setting(value)}"
+    return f"{key.rsplit('.', 1)[-1]}={show_value(value)}"
+
+
+def is_continuous(values: pd.Series) -> bool:
+    """Whether a swept key is a float searched over many values (an Optuna search's lr):
+    one axis for it, never a panel or a line per value."""
+    if not is_numeric(values):
+        return False
+    unique = set(values.map(_setting)) - {DEFAULT}
+    floats = any(float(v) != int(float(v)) for v in unique if math.isfinite(float(v)))
+    return floats and len(unique) > MAX_VALUES
+
+
+def usable(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose final metrics are a result of their setting (runs.USABLE)."""
+    return runs[runs["status"].isin(USABLE)]
 
 
 def _sort_values(values: pd.Series) -> list:
@@ -144,7 +191,7 @@ def history_frame(run_dir: Path) -> pd.DataFrame:
 def _mean_curve(root: Path, group: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per epoch: mean, min, max and count of `metric` over the group's runs (their seeds)."""
     columns = {}
-    for run in group["run"]:
+    for run in usable(group)["run"]:
         history = history_frame(root / run)
         if metric in history:
             columns[run] = history.set_index("epoch")[metric]
@@ -194,7 +241,17 @@ def _draw_curves(ax, root: Path, groups: list, metric: str, label_keys: list[str
             epochs = bad["epochs"].fillna(0).astype(int) + 1
             face = color if not curve.empty else "tab:red"  # its line's colour, if it has one
             mark_diverged(ax, epochs, f"{name}: {diverged_note(group)}", face)
+        pruned = group[group["status"] == "pruned"]
+        if not pruned.empty:  # at the last epoch it trained; one legend entry for them all
+            mark_pruned(ax, pruned["epochs"].fillna(0).astype(int), _pruned_label(ax))
     return drawn
+
+
+def _pruned_label(ax) -> str | None:
+    """The legend's one entry for pruned trials: on their first mark in `ax`, else none."""
+    if any(line.get_gid() == "pruned" for line in ax.lines):
+        return None
+    return "pruned (where it stopped; no final result)"
 
 
 def note_overlaps(ax, drawn: list) -> None:
@@ -233,15 +290,17 @@ def curves_figure(
     With two or more swept keys besides the seed, one panel per value of the first.
     """
     keys = [k for k in keys if k != "seed"]
+    discrete = [k for k in keys if not is_continuous(runs[k])]
+    panel_key = discrete[0] if len(keys) >= 2 and discrete else None
     panels = (
         [
-            (f"{keys[0]}={v}", runs[runs[keys[0]].map(_setting) == v])
-            for v in _sort_values(runs[keys[0]])
+            (f"{panel_key}={show_value(v)}", runs[runs[panel_key].map(_setting) == v])
+            for v in _sort_values(runs[panel_key])
         ]
-        if len(keys) >= 2
+        if panel_key
         else [("", runs)]
     )
-    label_keys = keys[1:] if len(keys) >= 2 else keys
+    label_keys = [k for k in keys if k != panel_key]
     fig = Figure(figsize=(min(5.5 * len(panels), 16.5), 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     drawn = [
@@ -250,7 +309,9 @@ def curves_figure(
     ]
     if metric.endswith("acc"):  # the y axis is shared: its final limits, then the overlaps
         widen_y(axes[0])
-    marked = [ax for ax in axes if any(line.get_gid() == "diverged" for line in ax.lines)]
+    marked = [
+        ax for ax in axes if any(line.get_gid() in ("diverged", "pruned") for line in ax.lines)
+    ]
     if marked:
         room_for_diverged(marked[0])
     for ax, (title, _), lines in zip(axes, panels, drawn):
@@ -261,7 +322,7 @@ def curves_figure(
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="best")
     axes[0].set_ylabel(metric)
-    fig.suptitle(f"{metric} per epoch{_curves_note(runs, keys, metric)}")
+    fig.suptitle(f"{metric} per epoch{_curves_note(runs, keys, metric)}{left_out_note(runs)}")
     return fig
 
 
@@ -276,7 +337,7 @@ def _curves_note(runs: pd.DataFrame, keys: list[str], metric: str) -> str:
         return f" (mean of {seeds} seeds; band: lowest to highest seed)"
     sizes = sorted({len(g) for _, g in settings_groups(runs, keys)})
     n = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-    values = "; ".join(f"{k}={', '.join(_sort_values(runs[k]))}" for k in pooled)
+    values = "; ".join(f"{k}={values_text(runs[k])}" for k in pooled)
     why = ""
     if pooled == [TEST_ONLY] and not metric.startswith("test/"):
         why = f"\n(test noise changes only the test inputs, not {metric})"
@@ -284,17 +345,27 @@ def _curves_note(runs: pd.DataFrame, keys: list[str], metric: str) -> str:
     return f"\n{lines}\nband: lowest to highest run"
 
 
+def values_text(values: pd.Series) -> str:
+    """A swept key's values for a title: '0.1, 1' or, for many, '20 values from 0.0001 to 0.1'."""
+    order = [show_value(v) for v in _sort_values(values)]
+    if len(order) <= MAX_VALUES:
+        return ", ".join(order)
+    return f"{len(order)} values from {order[0]} to {order[-1]}"
+
+
 def seed_stats(runs: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
-    """Per setting of `keys` (seeds pooled): mean, std, n and diverged count of `metric`."""
+    """Per setting of `keys` (seeds pooled): mean, std and n of `metric` over its usable runs
+    (runs.USABLE), its count of runs and of diverged ones."""
     rows = []
     for setting, group in settings_groups(runs, keys):
-        values = pd.to_numeric(group[metric])
+        values = pd.to_numeric(usable(group)[metric]).dropna()
         rows.append(
             {
                 **setting,
                 "mean": values.mean(),
                 "std": values.std(ddof=1) if len(values) > 1 else math.nan,
                 "n": len(values),
+                "of": len(group),
                 "diverged": int((group["status"] == "diverged").sum()),
                 "values": list(values),
             }
@@ -341,10 +412,15 @@ def against_figure(
     out of the mean ± std (a diverged run's weights are not a result of its setting).
     """
     others = [k for k in others if k not in (key, "seed")]
+    # a continuous other key (an Optuna search's) is no line per value: its runs are points
+    pooled = [k for k in others if is_continuous(runs[k])]
+    others = [k for k in others if k not in pooled]
     order = _sort_values(runs[key])
     numeric = is_numeric(runs[key])
+    continuous = is_continuous(runs[key])
     groups = settings_groups(runs, others)
-    width = max(5.0, 0.9 * len(order) * max(1, len(groups)) ** 0.5 + 1.5)
+    shown_values = min(len(order), 6) if continuous else len(order)
+    width = max(5.0, 0.9 * shown_values * max(1, len(groups)) ** 0.5 + 1.5)
     fig = Figure(figsize=(min(width * len(metrics), 16), 4.5), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
@@ -367,7 +443,7 @@ def against_figure(
             else:  # side by side when several settings share a category
                 shift = (i - (len(groups) - 1) / 2) * min(0.6 / max(len(groups), 1), 0.15)
             label = " ".join(short_label(k, setting[k]) for k in shown) or None
-            good = group[group["status"] != "diverged"]  # a diverged run's value is no result
+            good = usable(group)  # a diverged run's or a pruned trial's value is no result
             if not good.empty:
                 stats = (
                     seed_stats(good, [key], metric)
@@ -380,7 +456,7 @@ def against_figure(
                     xs,
                     stats["mean"],
                     yerr=stats["std"].fillna(0),
-                    fmt="o-" if numeric else "o",
+                    fmt="o-" if numeric and not (continuous or pooled) else "o",
                     color=color,
                     capsize=4,
                     label=label,
@@ -397,15 +473,24 @@ def against_figure(
                     face = color if len(groups) > 1 else "tab:red"
                     n_bad = int((at["status"] == "diverged").sum())
                     mark_diverged(ax, [x] * n_bad, f"{where}: {note}", face)
+            pruned = group[group["status"] == "pruned"]
+            if not pruned.empty:
+                xs = [
+                    float(v) if numeric else order.index(_setting(v)) + shift
+                    for v in pruned[key].map(_setting)
+                ]
+                mark_pruned(ax, xs, _pruned_label(ax))
         scale = ""
+        labels = [show_value(v) for v in order]
         if numeric:
             scale = _x_scale(ax, [float(v) for v in order])
-            ax.set_xticks([float(v) for v in order], order)
-            ax.minorticks_off()
+            if not continuous:  # a tick per value; a continuous key keeps the axis' own ticks
+                ax.set_xticks([float(v) for v in order], labels)
+                ax.minorticks_off()
         else:
-            ax.set_xticks(range(len(order)), order)
+            ax.set_xticks(range(len(order)), labels)
             ax.set_xlim(-0.5, len(order) - 0.5)
-        long = sum(len(v) for v in order) > 5 * width
+        long = not continuous and sum(len(v) for v in labels) > 5 * width
         if long:
             ax.tick_params(axis="x", labelrotation=30)
         ax.set_xlabel(key + scale)
@@ -416,8 +501,17 @@ def against_figure(
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    fig.suptitle(f"final metrics against {key}{_stats_note(runs)}")
+    note = _stats_note(runs)
+    if pooled:
+        note += f"\n(points of all values of {', '.join(pooled)}: a point per run)"
+    fig.suptitle(f"final metrics against {key}{note}")
     return fig
+
+
+def left_out_note(runs: pd.DataFrame) -> str:
+    """'\nleft out of the means: 1 diverged, 2 pruned', or '' when every run is usable."""
+    bad = runs.loc[~runs["status"].isin(USABLE), "status"]
+    return f"\nleft out of the means: {status_counts(bad)}" if len(bad) else ""
 
 
 def _stats_note(runs: pd.DataFrame) -> str:
@@ -427,23 +521,26 @@ def _stats_note(runs: pd.DataFrame) -> str:
         if seeds <= 1
         else f": mean ± std of {seeds} seeds, dots are single seeds"
     )
-    if (runs["status"] == "diverged").any():
-        note += "\n(diverged runs: crosses on the bottom edge, left out of the mean ± std)"
-    return note
+    left_out = [s for s in ("diverged", "pruned") if (runs["status"] == s).any()]
+    if left_out:
+        marks = {"diverged": "crosses", "pruned": "triangles"}
+        how = ", ".join(f"{s} runs: {marks[s]}" for s in left_out)
+        note += f"\n({how} on the bottom edge)"
+    return note + left_out_note(runs)
 
 
 def plot_sweep(root: Path, out_dir: Path | None = None) -> list[Path]:
-    """curves.png and one <key>.png per swept key, for the finished runs under `root`.
+    """curves.png and one <key>.png per swept key, for the runs under `root` (at least one
+    finished).
 
     Runs with a damaged metrics.json are left out with a warning (see collect_runs).
     """
     root = Path(root)
     out_dir = Path(out_dir or root)
     runs = collect_runs(root)
-    finished = runs[runs["status"].isin(DONE)] if not runs.empty else runs
-    if finished.empty:
+    if runs.empty or not runs["status"].isin(DONE).any():
         raise FileNotFoundError(no_runs_message(root, runs, "finished runs (metrics.json)"))
-    runs = finished
+    # failed and unfinished runs too: drawn nowhere, but counted in the titles' "left out"
     out_dir.mkdir(parents=True, exist_ok=True)
     varying, _ = split_settings(runs)
     written = [plot_curves(root, runs, varying, out_dir / "curves.png")]

@@ -3,6 +3,8 @@
 import json
 import logging
 import math
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,14 @@ log = logging.getLogger(__name__)
 
 # every monitor early stopping accepts is a column, so a summary can sort by it
 METRIC_COLUMNS = ["train/loss", "train/acc", "val/acc", "test/acc", "val/loss", "test/loss"]
-DONE = ("completed", "diverged", "pruned")  # statuses a resumed sweep does not run again
+# A run's status, as every table, plot and the console show it, in this order. "stopped
+# early" is a completed run that early stopping ended before trainer.max_epochs (metrics.json:
+# status completed, stopped_early true); "unfinished" is a run without metrics.json (yet).
+STATUSES = ("completed", "stopped early", "diverged", "pruned", "failed", "unfinished")
+# statuses whose final metrics are a result of their setting: the only ones a mean pools
+# (a diverged run reports its last good epoch, a pruned one an early epoch)
+USABLE = ("completed", "stopped early")
+DONE = (*USABLE, "diverged", "pruned")  # statuses a resumed sweep does not run again
 # overrides that say how to run, not what: never a column of the summary
 NOT_SETTINGS = ("trainer.resume", "sweep.resume", "trainer.device", "trainer.num_threads")
 # what train() writes into metrics.json, by type (a failed job writes only status and error)
@@ -140,7 +149,7 @@ def collect_runs(root: Path) -> "pd.DataFrame":
             **settings_of(recorded_overrides(run_dir) or []),
             **metrics.get("resumed_with", {}),  # settings changed on resume label the run
         }
-        row["status"] = metrics.get("status", "unfinished")
+        row["status"] = run_status(metrics or None)
         row.update({k: metrics.get(k) for k in METRIC_COLUMNS})
         row["best_epoch"] = metrics.get("best_epoch")
         row["epochs"] = metrics.get("epochs_trained")
@@ -152,6 +161,22 @@ def collect_runs(root: Path) -> "pd.DataFrame":
         runs = runs.astype({"best_epoch": "Int64", "epochs": "Int64"})
     runs.attrs["skipped"] = skipped
     return runs
+
+
+def run_status(metrics: dict[str, Any] | None) -> str:
+    """A run's status (one of STATUSES) from its metrics.json contents (None: unfinished)."""
+    if metrics is None:
+        return "unfinished"
+    if metrics["status"] == "completed" and metrics.get("stopped_early"):
+        return "stopped early"
+    return metrics["status"]
+
+
+def status_counts(statuses: Iterable[str]) -> str:
+    """'2 completed, 1 diverged': the count of each status, in the order of STATUSES."""
+    counts = Counter(statuses)
+    order = [*STATUSES, *sorted(set(counts) - set(STATUSES))]  # a status of a newer version
+    return ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
 
 
 def no_runs_message(
@@ -189,7 +214,6 @@ def summarize(root: Path, monitor: str = "val/loss", mode: str | None = None) ->
 
     Sorted by `monitor`, best first; `mode` None follows the metric (*/acc max, */loss min).
     """
-    import pandas as pd
 
     root = Path(root)
     if monitor not in METRIC_COLUMNS:
@@ -199,12 +223,11 @@ def summarize(root: Path, monitor: str = "val/loss", mode: str | None = None) ->
     if runs.empty:
         raise FileNotFoundError(no_runs_message(root, runs))
     varying, common = split_settings(runs)
-    done = runs["status"].isin(DONE)
-    ranked = pd.concat(
-        [
-            runs[done].sort_values(monitor, ascending=mode == "min", na_position="last"),
-            runs[~done],
-        ]
+    # usable runs by the monitor, then the others status by status (a pruned trial's
+    # early-epoch value is no rank among finished runs)
+    rank = runs["status"].map(lambda s: 0 if s in USABLE else 1 + _status_index(s))
+    ranked = runs.assign(_rank=rank).sort_values(
+        ["_rank", monitor], ascending=[True, mode == "min"], na_position="last", kind="stable"
     )
     columns = ["run", *varying, "status", *METRIC_COLUMNS, "best_epoch", "epochs", "seconds"]
     if ranked["error"].astype(bool).any():
@@ -213,17 +236,15 @@ def summarize(root: Path, monitor: str = "val/loss", mode: str | None = None) ->
     table.to_csv(root / "summary.csv", index=False)
 
     seeds = None
-    if "seed" in varying and done.any():
-        others = [k for k in varying if k != "seed"]
-        seeds = seed_table(runs[done], others)
+    if "seed" in varying:
+        seeds = seed_table(runs, [k for k in varying if k != "seed"])
 
-    counts = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
     lines = [
         f"# Summary of {root}",
         "",
-        f"{len(runs)} runs ({counts}); "
-        f"sorted by final `{monitor}` ({'lowest' if mode == 'min' else 'highest'} first). "
-        f"Written {datetime.now():%Y-%m-%d %H:%M}.",
+        f"{len(runs)} runs ({status_counts(runs['status'])}); "
+        f"sorted by final `{monitor}` ({'lowest' if mode == 'min' else 'highest'} first), "
+        f"{' and '.join(USABLE)} runs first. Written {datetime.now():%Y-%m-%d %H:%M}.",
         "",
     ]
     if common:
@@ -233,30 +254,54 @@ def summarize(root: Path, monitor: str = "val/loss", mode: str | None = None) ->
         ]
     lines += [markdown_table(table), ""]
     if seeds is not None:
-        lines += ["## Mean ± std over seeds", "", markdown_table(seeds), ""]
+        lines += [
+            "## Mean ± std over seeds",
+            "",
+            f"Over the {' and '.join(USABLE)} runs only; `runs` says how many of the "
+            "setting's runs that is, `left out` why the others are not in the mean.",
+            "",
+            markdown_table(seeds.drop(columns=["n", "of"])),
+            "",
+        ]
     (root / "summary.md").write_text("\n".join(lines))
     return {"runs": table, "seeds": seeds}
 
 
-def seed_table(runs: "pd.DataFrame", by: list[str]) -> "pd.DataFrame":
-    """Mean ± std of each metric over the seeds of every other combination of settings."""
+def _status_index(status: str) -> int:
+    return STATUSES.index(status) if status in STATUSES else len(STATUSES)
+
+
+SEED_METRICS = ("train/acc", "val/acc", "test/acc", "val/loss", "epochs", "seconds")
+
+
+def seed_table(
+    runs: "pd.DataFrame", by: list[str], metrics: Iterable[str] = SEED_METRICS
+) -> "pd.DataFrame":
+    """Per setting of `by` (runs that differ only in the seed, or in no key of `by`): mean ± std
+    of each of `metrics` over its USABLE runs only.
+
+    Columns: the keys of `by`; `runs`, "2 of 3" (usable runs of all the setting's runs);
+    `left out`, the statuses of the others ("1 diverged", "" when none); `n` and `of` as
+    numbers; then per metric "mean ± std" (4 decimals, 1 for epochs and seconds; "" when no
+    run is usable, the std 0 for one run). This is the one rule of every mean in dltips.
+    """
     import pandas as pd
 
-    values = ["train/acc", "val/acc", "test/acc", "val/loss", "epochs", "seconds"]
-    numeric = runs.assign(**{c: pd.to_numeric(runs[c]) for c in values})
-    groups = numeric.groupby(by, sort=False, dropna=False) if by else [((), numeric)]
+    metrics = list(metrics)
+    groups = runs.groupby(list(by), sort=False, dropna=False) if by else [((), runs)]
     rows = []
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
+        good = group[group["status"].isin(USABLE)]
         row = dict(zip(by, key))
-        row["seeds"] = len(group)
-        for c in values:
-            mean, std = group[c].mean(), group[c].std(ddof=1) if len(group) > 1 else 0.0
-            row[c] = (
-                f"{mean:.4f} ± {std:.4f}"
-                if c not in ("epochs", "seconds")
-                else f"{mean:.1f} ± {std:.1f}"
-            )
+        row["runs"] = f"{len(good)} of {len(group)}"
+        row["left out"] = status_counts(group.loc[~group["status"].isin(USABLE), "status"])
+        row["n"], row["of"] = len(good), len(group)
+        for c in metrics:
+            values = pd.to_numeric(good[c]).dropna()
+            digits = 1 if c in ("epochs", "seconds") else 4
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            row[c] = f"{values.mean():.{digits}f} ± {std:.{digits}f}" if len(values) else ""
         rows.append(row)
     return pd.DataFrame(rows)
 

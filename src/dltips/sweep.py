@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from dltips.checkpoint import atomic_write_json
 from dltips.early_stopping import metric_mode
 from dltips.pruning import search_storage, study_summary
-from dltips.runs import DONE, summarize
+from dltips.runs import DONE, status_counts, summarize
 from dltips.tensorboard_log import log_sweep_hparams
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,16 @@ class SummaryCallback(Callback):
             if search:
                 with (sweep_dir / "summary.md").open("a") as f:
                     f.write("\n" + study_summary(*search))
-            log.info("Sweep summary: %s", sweep_dir / "summary.md")
         except Exception as err:  # a summary must never turn a finished sweep into a failure
             log.error("Could not write the sweep summary in %s: %s", sweep_dir, err)
             return
         statuses = runs["runs"]["status"]
+        log.info(
+            "Sweep of %d runs: %s. Summary: %s",
+            len(statuses),
+            status_counts(statuses),
+            sweep_dir / "summary.md",
+        )
         failed, done = int((statuses == "failed").sum()), int(statuses.isin(DONE).sum())
         if done == 0:  # nothing to compare: the command failed, whatever the jobs' reasons
             unfinished = int((statuses == "unfinished").sum())  # e.g. skipped: in use

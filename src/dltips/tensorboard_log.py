@@ -7,7 +7,8 @@ What `tensorboard --logdir <sweep dir>` shows without a click:
   so `train/*` and `val/*` come first, then `weight_grad_norm_log10/*` (log10 of each
   layer's gradient norm, readable where the norms span orders of magnitude), then the final
   metrics under `~final/*` (`~` sorts last), which the HParams tab reads its values from;
-- an HParams table of the swept keys and the val/test metrics first: at its end a sweep
+- an HParams table of each run's status (runs.run_status: completed, stopped early,
+  diverged, pruned), the swept keys and the val/test metrics first: at its end a sweep
   writes the experiment (which keys, which metrics, in which order) once, into
   `<sweep dir>/hparams/`; each job writes only its own values (a session).
 """
@@ -26,7 +27,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
-from dltips.runs import recorded_overrides, settings_of
+from dltips.runs import USABLE, recorded_overrides, settings_of
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ TYPES = {
     "string_value": "DATA_TYPE_STRING",
 }
 MAX_LABEL = 80  # characters of a run's label at most: it is a folder name
+STATUS = "status"  # the HParams column of a run's status (runs.STATUSES): always the first
 HPARAMS_DIR = "hparams"  # the sweep's experiment: a TensorBoard run of its own
 
 
@@ -77,19 +79,31 @@ def run_label(run_dir: Path) -> str | None:
     for a single run, a sweep that varies nothing, or a job without `.hydra/overrides.yaml`.
 
     Slashes and other characters a folder name cannot hold become `-`, long numbers are
-    cut to 4 significant digits, and the name to MAX_LABEL characters: the job number in
-    front of it keeps each run's name unique.
+    cut to 4 significant digits, and the longest values so that the name has MAX_LABEL
+    characters at most and still every swept key: the job number in front of it keeps each
+    run's name unique.
     """
     keys = swept_keys(Path(run_dir).parent)
     overrides = recorded_overrides(run_dir)
     if not keys or overrides is None:
         return None
     settings = settings_of(overrides)
-    label = ",".join(f"{k}={_short_value(settings[k])}" for k in keys if k in settings)
-    label = re.sub(r"[^\w.,=+\-\[\]()]", "-", label)
-    if len(label) > MAX_LABEL:
+    pairs = [(k, _short_value(settings[k])) for k in keys if k in settings]
+    # every key stays: the longest values are cut (to 4 characters at least) to fit
+    while len(_joined(pairs)) > MAX_LABEL:
+        i = max(range(len(pairs)), key=lambda j: len(pairs[j][1]))
+        key, value = pairs[i]
+        if len(value) <= 4:
+            break
+        pairs[i] = (key, value[: len(value) - 4] + "...")
+    label = re.sub(r"[^\w.,=+\-\[\]()]", "-", _joined(pairs))
+    if len(label) > MAX_LABEL:  # too many keys even with short values
         label = label[: MAX_LABEL - 3] + "..."
     return label or None
+
+
+def _joined(pairs: list[tuple[str, str]]) -> str:
+    return ",".join(f"{k}={v}" for k, v in pairs)
 
 
 def _short_value(value: str) -> str:
@@ -223,8 +237,11 @@ def experiment_summary(sessions: list[dict[str, Any]]) -> Summary:
     first. TensorBoard ticks the first five hyperparameters: the ones that differ."""
     names = list(dict.fromkeys(k for s in sessions for k in s))
     differs = [k for k in names if len({repr(s.get(k)) for s in sessions}) > 1]
+    shown = sorted(k for k in differs or names if k != STATUS)  # as TensorBoard lists them
+    if STATUS in names:  # first (ticked), a filter of each status, even when all agree
+        shown.insert(0, STATUS)
     infos = []
-    for name in sorted(differs or names):  # in the order TensorBoard lists them
+    for name in shown:
         values = [s[name] for s in sessions if name in s]
         kind = next(iter(_value(values[0])))
         info = api_pb2.HParamInfo(
@@ -246,7 +263,8 @@ def experiment_summary(sessions: list[dict[str, Any]]) -> Summary:
 def log_hparams(
     writer: SummaryWriter, hparam_values: dict[str, Any], final: dict[str, float], step: int
 ) -> None:
-    """Fill the HParams tab with this run (a session) and its final metrics.
+    """Fill the HParams tab with this run (a session) and its final metrics; its status
+    (runs.run_status) is the hyperparameter STATUS, the table's first column.
 
     The metrics are written as scalars `~final/<name>`, which is where the plugin reads
     their values from. A single run also writes the experiment (which columns the table
@@ -256,7 +274,11 @@ def log_hparams(
     for name, value in hparam_values.items():
         ((field, v),) = _value(value).items()
         setattr(start.hparams[name], field, v)
-    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value("STATUS_SUCCESS"))
+    # a diverged or pruned run's session failed: the table's status filter tells them apart
+    usable = hparam_values.get(STATUS, "completed") in USABLE
+    end = plugin_data_pb2.SessionEndInfo(
+        status=api_pb2.Status.Value("STATUS_SUCCESS" if usable else "STATUS_FAILURE")
+    )
     summaries = [
         _hparams_summary(
             metadata.SESSION_START_INFO_TAG,

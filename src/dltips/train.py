@@ -42,7 +42,7 @@ from dltips.losses import check_criterion
 from dltips.models import layer_names
 from dltips.pruning import TrialPruning
 from dltips.resume import check_same_run, override_arg, resumed_with, rng_state
-from dltips.runs import finished_metrics
+from dltips.runs import finished_metrics, run_status
 from dltips.signals import catch_stop_signals
 from dltips.stacked import MemberOptimizer, StackedMLP, member_losses
 from dltips.step import (
@@ -55,7 +55,7 @@ from dltips.step import (
     run_epoch,
     supports_capture,
 )
-from dltips.tensorboard_log import key_hparams, log_epoch, log_hparams, open_writer
+from dltips.tensorboard_log import STATUS, key_hparams, log_epoch, log_hparams, open_writer
 
 log = logging.getLogger(__name__)
 # optim keys that build the optimizer rather than set a run's hyperparameters: given to the
@@ -698,7 +698,8 @@ class Run:
             result["batch"] = {"members": len(self.optimizer.params), "member": self.member}
         self.result = _json_safe(result)
         atomic_write_json(self.result, self.run_dir / "metrics.json")
-        log_hparams(self.writer, key_hparams(self.cfg), final, step=epochs_trained)
+        hparams = {**key_hparams(self.cfg), STATUS: run_status(self.result)}
+        log_hparams(self.writer, hparams, final, step=epochs_trained)
         self.log.info(
             "Final (%s, best epoch %d of %d):  train/acc %.4f  val/acc %.4f  test/acc %.4f",
             self.status,
