@@ -94,7 +94,7 @@ def main() -> None:
         a for a in sys.argv[1:] if a != "--from-runs"
     )
     try:
-        write_report(sections, runs_dir, out, command.strip())
+        write_report(sections, runs_dir, out, command.strip(), extra=extra)
     except FileNotFoundError as err:
         what_to_do = (
             "run the same command without --from-runs to train them, "

@@ -1,8 +1,9 @@
 """The tips, measured: run the lecture and tips presets as sweeps and write docs/RESULTS.md.
 
-Every section runs each setting with several seeds (SEEDS) through the batched launcher, which
-trains the runs that share a network shape together. Tables and plots show mean ± std over
-the seeds, and the measured sentences under each plot say only what the error bars allow.
+Every section runs each setting with several seeds (Section.seeds) through the batched
+launcher, which trains the runs that share a network shape together. Tables and plots show
+mean ± std over the seeds, and the measured sentences under each plot call one setting
+better than another only where a test says so (compare: Welch's t-test at 95%).
 """
 
 import math
@@ -20,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
+from scipy import stats
 
 from dltips.plots import (
     MIN_ACC_SPAN,
@@ -29,7 +31,6 @@ from dltips.plots import (
     mark_diverged,
     plot_against,
     plot_curves,
-    seed_stats,
     settings_groups,
     short_label,
 )
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS_PAGE = ROOT / "docs" / "RESULTS.md"
 FULL_REPORT = "python scripts/report.py --data fashion_mnist"
 FULL_REPORT_DATA = "fashion_mnist"
-SEEDS = "seed=0,1,2"  # every setting of every section, for mean ± std
+ALPHA = 0.05  # every claim of the page: Welch's t-test at 95% (Holm over one line's tests)
 BATCHED = "hydra/launcher=batched"  # runs of one network shape train together
 # the lecture's steps; each preset's `lecture:` block holds its change and published numbers
 LECTURE_PRESETS = sorted(
@@ -61,8 +62,9 @@ class Section:
 
     name: str
     title: str
-    about: str
+    about: str  # the presets' network and optimizer; seeds, epochs and data come from the runs
     overrides: list[str]
+    seeds: int = 5  # seeds 0..seeds-1 per setting: 3 where no comparison is close
     plot_keys: list[str] = field(default_factory=list)  # final metrics against these keys
     grad_norms: bool = False  # per-layer gradient norms of the first epoch
     curves: str = "val/acc"  # per-epoch plot: a metric, or "lecture" / "early_stopping"
@@ -90,57 +92,59 @@ SECTIONS = {
         Section(
             "optimizers",
             "Optimizers",
-            "2 x 128 ReLU units, batch 100, 5 epochs; each optimizer with its usual lr.",
+            "2 x 128 ReLU units, batch 100; each optimizer with its usual lr.",
             ["experiment=tips/optimizers"],
             plot_keys=["optim"],
         ),
         Section(
             "batch_size",
             "Batch size",
-            "2 x 128 ReLU units, Adam, 5 epochs: accuracy and seconds per epoch.",
+            "2 x 128 ReLU units, Adam: accuracy and seconds per epoch.",
             ["experiment=tips/batch_size"],
             plot_keys=["data.batch_size"],
         ),
         Section(
             "loss",
             "Mean squared error vs cross-entropy",
-            "3 x 128 units, SGD lr 0.1, 10 epochs.",
+            "3 x 128 units, SGD lr 0.1.",
             ["experiment=tips/loss"],
+            seeds=3,  # mse against cross-entropy: far apart at 3 seeds
             plot_keys=["loss"],
         ),
         Section(
             "normalize",
             "Input normalization",
-            "3 x 128 ReLU units, SGD lr 0.1, 10 epochs.",
+            "3 x 128 ReLU units, SGD lr 0.1.",
             ["experiment=tips/normalize"],
             plot_keys=["data.normalize"],
         ),
         Section(
             "early_stopping",
             "Early stopping",
-            "2 x 512 ReLU units, Adam, 2,000 training images, up to 50 epochs.",
+            "2 x 512 ReLU units, Adam, 2,000 training images.",
             ["experiment=tips/early_stopping"],
             curves="early_stopping",
         ),
         Section(
             "weight_decay",
             "L2 regularization (weight decay)",
-            "2 x 512 ReLU units, SGD with momentum, 2,000 training images, 30 epochs.",
+            "2 x 512 ReLU units, SGD with momentum, 2,000 training images.",
             ["experiment=tips/weight_decay"],
             plot_keys=["optim.weight_decay"],
         ),
         Section(
             "l1",
             "L1 regularization",
-            "2 x 512 ReLU units, SGD with momentum, 2,000 training images, 30 epochs.",
+            "2 x 512 ReLU units, SGD with momentum, 2,000 training images.",
             ["experiment=tips/l1"],
             plot_keys=["loss.l1"],
         ),
         Section(
             "dropout",
             "Dropout, on clean and noisy test inputs",
-            "3 x 512 ReLU units, Adam, 20 epochs; test noise std 0 or 1.",
+            "3 x 512 ReLU units, Adam; test noise std 0 or 1.",
             ["experiment=tips/dropout"],
+            seeds=3,  # apart on noisy inputs at 3 seeds; on clean ones 0 and 0.3 are level
             plot_keys=["model.dropout"],
         ),
     ]
@@ -172,12 +176,17 @@ def images_dir(page: Path) -> Path:
     return page.parent / page.stem.lower()
 
 
+def seed_override(section: Section) -> str:
+    """`seed=0,1,...` for the section's number of seeds."""
+    return "seed=" + ",".join(str(s) for s in range(section.seeds))
+
+
 def section_overrides(section: Section, extra: list[str]) -> list[str]:
     """The section's sweep: its presets, the seeds and the batched launcher, then `extra`.
 
     A `seed=` or `hydra/launcher=` in `extra` (from --set) replaces the report's own.
     """
-    own = [SEEDS, section.launcher]
+    own = [seed_override(section), section.launcher]
     own = [o for o in own if not any(e.startswith(o.split("=")[0] + "=") for e in extra)]
     return [*section.overrides, *own, *extra]
 
@@ -195,6 +204,75 @@ def run_section(section: Section, sweep_dir: Path, extra: list[str]) -> None:
     ]
     print(f"[report] {section.name}: {' '.join(command[1:])}", flush=True)
     subprocess.run(command, check=True)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What compare() says of mean(a) - mean(b)."""
+
+    difference: float  # mean(a) - mean(b)
+    low: float  # the (1 - alpha) confidence interval of the difference
+    high: float
+    p: float  # two-sided; nan where a sample has fewer than 2 values (no test)
+    n: tuple[int, int]  # values in a and in b
+    different: bool  # p < alpha: the test tells the means apart
+
+
+def compare(a: list[float], b: list[float], alpha: float = ALPHA) -> Verdict:
+    """Welch's two-sided t-test of mean(a) = mean(b) (unequal variances), at level `alpha`,
+    with the Welch-Satterthwaite (1 - alpha) interval of the difference of means.
+
+    Samples that both have no spread (every seed the same value) differ exactly when their
+    means do; a sample of fewer than 2 values allows no test, and no difference is called.
+    """
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        mean_a = sum(a) / na if na else math.nan
+        mean_b = sum(b) / nb if nb else math.nan
+        return Verdict(mean_a - mean_b, -math.inf, math.inf, math.nan, (na, nb), False)
+    mean_a, mean_b = sum(a) / na, sum(b) / nb
+    difference = mean_a - mean_b
+    va = sum((x - mean_a) ** 2 for x in a) / (na - 1) / na  # squared standard errors
+    vb = sum((x - mean_b) ** 2 for x in b) / (nb - 1) / nb
+    se = math.sqrt(va + vb)
+    if se < 1e-12:  # no spread but rounding's: 0.1 three times has a mean of 0.10000000000000002
+        p = 1.0 if abs(difference) < 1e-12 else 0.0
+        return Verdict(difference, difference, difference, p, (na, nb), p < alpha)
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    p = float(2 * stats.t.sf(abs(difference) / se, df))
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    return Verdict(difference, difference - half, difference + half, p, (na, nb), p < alpha)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's adjusted p-values: calling those below alpha keeps the chance of any false call
+    among the tests at most alpha (a line that compares the best with 5 others makes 5)."""
+    order = sorted(range(len(p_values)), key=lambda i: _or_one(p_values[i]))
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * _or_one(p_values[i])))
+        adjusted[i] = running
+    return adjusted
+
+
+def _or_one(p: float) -> float:
+    return 1.0 if math.isnan(p) else p
+
+
+def counted(group: pd.DataFrame) -> pd.DataFrame:
+    """The runs of a setting that its means and tests count: those that completed.
+
+    The report's one status rule: a diverged, pruned, failed or unfinished run is left out of
+    every mean, whose cell then says "n of m", and a setting with such a run is never ranked.
+    """
+    return group[group["status"] == "completed"]
+
+
+def of_seeds(group: pd.DataFrame) -> str:
+    """'3', or '2 of 3' when not every run of the setting completed."""
+    n, m = len(counted(group)), len(group)
+    return f"{n}" if n == m else f"{n} of {m}"
 
 
 def mean_std(values: pd.Series, digits: int = 3) -> str:
@@ -234,8 +312,9 @@ def varying_settings(runs: pd.DataFrame) -> list[str]:
 
 
 def section_table(section: Section, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting: its seeds, status, train / val / test accuracy as mean ± std,
-    epochs and seconds per epoch; the lecture's steps with their change and published numbers."""
+    """One row per setting: its seeds, status, train / val / test accuracy as mean ± std of
+    the runs that completed, epochs and seconds per epoch; the lecture's steps with their
+    change and published numbers."""
     rows = []
     for setting, group in settings_groups(runs, varying_settings(runs)):
         row = dict(setting)
@@ -243,13 +322,17 @@ def section_table(section: Section, runs: pd.DataFrame) -> pd.DataFrame:
             experiment = str(group["experiment"].iloc[0])
             preset = lecture_preset(experiment)
             row = {"step": int(experiment.rsplit("step", 1)[-1]), "change": preset.get("change")}
-        row["seeds"] = len(group)
+        row["seeds"] = of_seeds(group)
         row["status"] = status_cell(group)
         for metric in ("train/acc", "val/acc", "test/acc"):
-            row[metric] = mean_std(group[metric])
+            row[metric] = mean_std(counted(group)[metric])
         epochs = group["epochs"].dropna().astype(int)
         row["epochs"] = (
-            f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}-{epochs.max()}"
+            ""
+            if epochs.empty
+            else f"{epochs.min()}"
+            if epochs.min() == epochs.max()
+            else f"{epochs.min()}-{epochs.max()}"
         )
         seconds = pd.Series([_seconds_per_epoch(Path(r)) for r in group["path"]], dtype=float)
         row["s/epoch"] = f"{seconds.mean():.3f}" if seconds.notna().any() else ""
@@ -262,66 +345,124 @@ def section_table(section: Section, runs: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("step") if section.name == "lecture" else table
 
 
-def compare(runs: pd.DataFrame, key: str, others: list[str], metric: str = "test/acc") -> list[str]:
-    """Sentences ranking the values of `key` by mean `metric` that the error bars allow.
+def _values(group: pd.DataFrame, metric: str) -> list[float]:
+    return list(pd.to_numeric(counted(group)[metric]).dropna())
 
-    Two settings are told apart only when their mean ± std intervals do not overlap;
-    otherwise they are "within seed noise" of each other. One per setting of `others`.
-    """
+
+def _seeds_text(ns: list[int]) -> str:
+    """'3 seeds', or '3 to 5 seeds' where the settings have different numbers."""
+    low, high = min(ns), max(ns)
+    return f"{low} seed{'s' * (low != 1)}" if low == high else f"{low} to {high} seeds"
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _not_ranked(group: pd.DataFrame, label: str, metric: str) -> str:
+    """'depth=10 (2 of 3 seeds completed, 1 diverged; their mean 0.808 ± 0.028)'."""
+    others = group[group["status"] != "completed"]["status"].value_counts()
+    statuses = ", ".join(f"{n} {s}" for s, n in others.items())
+    values = mean_std(counted(group)[metric])
+    mean = f"; their mean {values}" if values else ""
+    return f"{label} ({of_seeds(group)} seeds completed, {statuses}{mean})"
+
+
+def ranking(runs: pd.DataFrame, key: str, others: list[str], metric: str = "test/acc") -> list[str]:
+    """Sentences on the values of `key` by `metric`, one per setting of `others`: the highest
+    mean among the settings whose runs all completed, and each other such setting either
+    lower than it (compare() with Holm's adjustment over the line's tests) or with no
+    difference detected. Settings with a run that did not complete are named, not ranked."""
     sentences = []
     for setting, group in settings_groups(runs, others):
         where = ", ".join(short_label(k, v) for k, v in setting.items())
-        stats = seed_stats(group, [key], metric)
-        diverged = stats[stats["diverged"] > 0]
-        fine = stats[stats["diverged"] == 0].sort_values("mean", ascending=False)
         prefix = f"With {where}: " if where else ""
-        if fine.empty:
-            sentences.append(f"{prefix}every setting diverged.")
-            continue
-        if fine["n"].min() < 2:
-            sentences.append(f"{prefix}one seed per setting: no error bars, no ranking.")
-            continue
-        best = fine.iloc[0]
-        rest = fine.iloc[1:]
-        close = rest[rest["mean"] + rest["std"] >= best["mean"] - best["std"]]
-        below = rest.drop(close.index)
-        text = f"{prefix}highest mean {metric}: {_interval(best, key)}"
-        if rest.empty:
-            text += "."
-        elif close.empty:
-            text += ", above every other setting by more than the seed noise."
-        elif below.empty:
-            text += "; every other setting is within seed noise of it: " + _join(close, key) + "."
-        else:
-            text += "; within seed noise of it: " + _join(close, key)
-            text += "; below it by more than the seed noise: " + _join(below, key) + "."
-        if not diverged.empty:
-            text += (
-                " Diverged: "
-                + ", ".join(
-                    f"{short_label(key, r[key])} ({r['diverged']} of {r['n']} seeds)"
-                    for _, r in diverged.iterrows()
-                )
-                + "."
+        complete, incomplete = [], []
+        for value, runs_of in settings_groups(group, [key]):
+            label = short_label(key, value[key])
+            if (runs_of["status"] == "completed").all():
+                complete.append((label, _values(runs_of, metric)))
+            else:
+                incomplete.append(_not_ranked(runs_of, label, metric))
+        not_ranked = f" Not ranked, not every run completed: {', '.join(incomplete)}."
+        not_ranked = not_ranked if incomplete else ""
+        if len(complete) < 2 or min(len(v) for _, v in complete) < 2:
+            why = (
+                "one seed per setting: no test, no ranking."
+                if complete and min(len(v) for _, v in complete) < 2
+                else "fewer than two settings with every run completed: no ranking."
             )
-        sentences.append(text)
+            sentences.append(f"{prefix}{why}{not_ranked}")
+            continue
+        complete.sort(key=lambda lv: -sum(lv[1]) / len(lv[1]))
+        (best, best_values), rest = complete[0], complete[1:]
+        verdicts = [compare(values, best_values) for _, values in rest]
+        adjusted = holm([v.p for v in verdicts])
+        lower = [
+            f"{label} ({mean_std(pd.Series(values))}; difference {v.difference:+.3f}, {_p(p)})"
+            for (label, values), v, p in zip(rest, verdicts, adjusted)
+            if p < ALPHA
+        ]
+        level = [
+            (f"{label} ({mean_std(pd.Series(values))}; {_p(p)})", len(values))
+            for (label, values), p in zip(rest, adjusted)
+            if p >= ALPHA
+        ]
+        among = " of the settings whose runs all completed" if incomplete else ""
+        text = f"{prefix}highest mean {metric}{among}: {best} ({mean_std(pd.Series(best_values))})"
+        if lower:
+            text += "; lower (Welch's t-test, 95%): " + ", ".join(lower)
+        if level:
+            seeds = _seeds_text([len(best_values), *(n for _, n in level)])
+            text += f"; no difference detected at {seeds}: " + ", ".join(t for t, _ in level)
+        sentences.append(text + "." + not_ranked)
     return sentences
 
 
-def _join(rows: pd.DataFrame, key: str) -> str:
-    return ", ".join(_interval(r, key) for _, r in rows.iterrows())
-
-
-def _interval(row: pd.Series, key: str) -> str:
-    return f"{short_label(key, row[key])} ({row['mean']:.3f} ± {row['std']:.3f})"
-
-
-def compare_settings(runs: pd.DataFrame, keys: list[str], metric: str = "test/acc") -> list[str]:
-    """compare() over the combinations of several keys, as one categorical key."""
+def ranking_settings(runs: pd.DataFrame, keys: list[str], metric: str = "test/acc") -> list[str]:
+    """ranking() over the combinations of several keys, as one categorical key."""
     combined = runs.assign(
         setting=[" ".join(short_label(k, row[k]) for k in keys) for _, row in runs.iterrows()]
     )
-    return [s.replace("setting=", "") for s in compare(combined, "setting", [], metric)]
+    return [s.replace("setting=", "") for s in ranking(combined, "setting", [], metric)]
+
+
+def step_claims(runs: pd.DataFrame, metric: str = "test/acc") -> list[str]:
+    """The lecture's claims, one per step: its `metric` against the step before it whose runs
+    all completed (compare(): higher, lower, or no difference detected at N seeds)."""
+    steps = sorted(
+        settings_groups(runs, ["experiment"]), key=lambda g: int(g[0]["experiment"][12:])
+    )
+    sentences, before = [], None
+    for setting, group in steps:
+        step = int(setting["experiment"][12:])
+        name = f"step {step} ({lecture_preset(setting['experiment']).get('change', '')})"
+        values = _values(group, metric)
+        if not (group["status"] == "completed").all():
+            label = _not_ranked(group, name, metric)
+            sentences.append(f"{label[0].upper()}{label[1:]}: not compared.")
+            if before is not None:  # the next step is compared with the one before this
+                before = (*before[:2], True)
+            continue
+        if before is not None:
+            previous, previous_values, skipped = before
+            v = compare(values, previous_values)
+            interval = f"95% interval {v.low:+.3f} to {v.high:+.3f}, {_p(v.p)}"
+            said = (
+                f"{'higher' if v.difference > 0 else 'lower'} by {abs(v.difference):.3f} "
+                f"(Welch's t-test, {interval})"
+                if v.different
+                else f"no difference detected at {_seeds_text([len(values), len(previous_values)])}"
+                f" (difference {v.difference:+.3f}, {interval})"
+            )
+            last = ", the last step whose runs all completed" if skipped else ""
+            sentences.append(
+                f"{name[0].upper()}{name[1:]} against {previous}{last}: "
+                f"{mean_std(pd.Series(values))} against {mean_std(pd.Series(previous_values))}, "
+                f"{said}."
+            )
+        before = (name, values, False)
+    return sentences
 
 
 def plot_grad_norms(runs: pd.DataFrame, out: Path) -> Path:
@@ -563,24 +704,71 @@ def early_stopping_figure(runs: pd.DataFrame) -> Figure:
     return fig
 
 
-def finished_runs(sweep_dir: Path) -> pd.DataFrame:
-    """The completed, diverged or pruned runs of a sweep, with each run dir in `path`."""
+def section_runs(sweep_dir: Path) -> pd.DataFrame:
+    """Every run of a sweep, any status (failed and unfinished too), its run dir in `path`."""
     runs = collect_runs(sweep_dir) if sweep_dir.is_dir() else pd.DataFrame()
     if runs.empty:
         return runs
-    runs = runs[runs["status"].isin(DONE)]
     return runs.assign(path=[str(sweep_dir / r) for r in runs["run"]])
 
 
+def finished_runs(sweep_dir: Path) -> pd.DataFrame:
+    """The completed, diverged or pruned runs of a sweep, with each run dir in `path`."""
+    runs = section_runs(sweep_dir)
+    return runs[runs["status"].isin(DONE)] if not runs.empty else runs
+
+
+def ran_line(runs: pd.DataFrame) -> str:
+    """What the runs were, read from their configs: data, seeds (how many per setting) and
+    epochs, so that the text says what the table shows whatever the command overrode."""
+    configs = [
+        OmegaConf.load(Path(r) / ".hydra" / "config.yaml")
+        for r in runs["path"]
+        if (Path(r) / ".hydra" / "config.yaml").is_file()
+    ]
+    if not configs:
+        return "Ran: ? (no run has its .hydra/config.yaml)."
+    data = {(c.data.name, c.data.train_size) for c in configs}
+    data_text = ", ".join(f"{n}" + (f", train_size={s}" if s else "") for n, s in sorted(data))
+    seeds = sorted({int(c.seed) for c in configs})
+    per = [len(g) for _, g in settings_groups(runs, varying_settings(runs))]
+    per_text = f"{min(per)}" if min(per) == max(per) else f"{min(per)} to {max(per)}"
+    seeds_text = f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+    limits = sorted({int(c.trainer.max_epochs) for c in configs})
+    trained = counted(runs)["epochs"].dropna().astype(int)
+    epochs = f"{', '.join(map(str, limits))} epoch{'s' * (limits != [1])}"
+    if len(limits) > 1 or trained.empty or trained.min() < limits[0]:
+        epochs = f"up to {epochs}"
+        if not trained.empty:
+            span = (
+                f"{trained.min()}"
+                if trained.min() == trained.max()
+                else (f"{trained.min()}-{trained.max()}")
+            )
+            epochs += f" (the completed runs trained {span})"
+    return f"Ran: `{data_text}`; {seeds_text} ({per_text} per setting); {epochs}."
+
+
 def write_report(
-    sections: list[Section], runs_dir: Path, out: Path, command: str, notes_dir: Path | None = None
+    sections: list[Section],
+    runs_dir: Path,
+    out: Path,
+    command: str,
+    notes_dir: Path | None = None,
+    extra: list[str] | None = None,
 ) -> Path:
     """The page `out`, a table, plots and measured comparisons per section, from the runs on disk.
 
+    `extra` are the overrides the command gave every run (--data, --set); the page names them.
     The PNGs go into the page's own folder (images_dir), so no other page's are replaced.
     Raises FileNotFoundError, and writes nothing, when no section has a finished run.
     """
-    finished = {s.name: finished_runs(runs_dir / s.name) for s in sections}
+    extra = list(extra or [])
+    everything = {s.name: section_runs(runs_dir / s.name) for s in sections}
+    finished = {
+        name: runs[runs["status"].isin(DONE)] if not runs.empty else runs
+        for name, runs in everything.items()
+    }
     if all(runs.empty for runs in finished.values()):
         where = runs_dir if runs_dir.is_dir() else f"{runs_dir}, which does not exist"
         names = ", ".join(s.name for s in sections)
@@ -591,37 +779,40 @@ def write_report(
     parts = []
     for section in sections:
         sweep_dir = runs_dir / section.name
-        runs = finished[section.name]
+        runs, all_runs = finished[section.name], everything[section.name]
         parts += [f"## {section.title}", "", section.about, ""]
         if runs.empty:
             parts += ["No finished runs.", ""]
             continue
-        data_name = _data_name(sweep_dir)
-        sweep = " ".join(section_overrides(section, []))
-        parts += [f"Data: `{data_name}`. Sweep: `{sweep}`.", ""]
-        parts += [markdown_table(section_table(section, runs), digits=3), ""]
+        if extra:
+            overridden = " ".join(f"`{o}`" for o in extra)
+            parts += [f"Every run sets {overridden} over the presets described above.", ""]
+        sweep = " ".join(section_overrides(section, extra))
+        parts += [f"{ran_line(all_runs)} Sweep: `{sweep}`.", ""]
+        parts += [markdown_table(section_table(section, all_runs), digits=3), ""]
         varying = varying_settings(runs)
         curves = images / f"{section.name}_curves.png"
+        measured = []
         if section.curves == "lecture":
             figures = [plot_lecture(runs, curves)]
+            measured += step_claims(all_runs)
         elif section.curves == "early_stopping":
             figures = [plot_early_stopping(runs, curves)]
         else:
             # test noise changes no training curve: its runs would hide one another
             keys = [k for k in varying if k != TEST_ONLY]
             figures = [plot_curves(sweep_dir, runs, keys, curves, section.curves)]
-        measured = []
         for key in (k for k in section.plot_keys if k in runs):  # a key the sweep has
             others = [k for k in varying if k != key]
             figures.append(plot_against(runs, key, others, images / f"{section.name}_{key}.png"))
-            measured += compare(runs, key, others)
+            measured += ranking(all_runs, key, others)
         if not section.plot_keys and varying and section.curves != "lecture":
-            measured += compare_settings(runs, varying)
+            measured += ranking_settings(all_runs, varying)
         if section.grad_norms:
             figures.append(plot_grad_norms(runs, images / f"{section.name}_grad_norms.png"))
         parts += [f"![{f.stem}]({images.name}/{f.name})" for f in figures] + [""]
         if measured:
-            parts += ["**Measured** (test/acc, mean ± std over seeds):", ""]
+            parts += ["**Measured** (test/acc, mean ± std over the seeds that completed):", ""]
             parts += [f"- {s[0].upper()}{s[1:]}" for s in measured] + [""]
         note = (notes_dir or out.parent / "notes") / f"{section.name}.md"
         if note.is_file():
@@ -629,42 +820,54 @@ def write_report(
     header = [
         "# The tips, measured",
         "",
-        f"Generated by `{command}` on {date.today():%Y-%m-%d}, on {_machine()}.",
+        f"Generated by `{command}` on {date.today():%Y-%m-%d}, on {machine()}.",
         "Every number below comes from that run; rerunning the command resumes it (finished",
-        "jobs are kept) and rewrites this page. Every setting runs with seeds 0, 1 and 2",
-        f"(`{SEEDS}` unless the command sets `seed=`; the `seeds` column counts them), and",
-        f"the batched launcher (`{BATCHED}`) trains the runs that share a network shape",
-        "together. Tables give mean ± std over the seeds; plots show the mean,",
-        "with error bars of ± 1 std or a band from the lowest to the highest seed, and each",
-        "seed as a dot. A **Measured** line calls a setting better than another only when",
-        "their mean ± std intervals do not overlap; otherwise they are within seed noise.",
-        "Diverged runs (a non-finite loss: training stops, the best weights so far are",
-        "reported) are marked in every table and plot: a cross on the bottom edge of a plot, at",
-        "the epoch or setting where they diverged; plots leave their final accuracy out of the",
-        f"mean ± std. Accuracy axes span at least {MIN_ACC_SPAN}, so that a difference of 0.01",
-        "is never a large part of a plot. Accuracies are fractions of 1; `train/acc` in the",
-        "tables is measured after training over the whole training split (eval mode),",
-        "`s/epoch` is the mean time of one epoch's training pass per run (a batched group's",
-        "epoch time divided by its runs).",
+        "jobs are kept) and rewrites this page. The same command on the same machine with the",
+        "same software (torch version, number of threads) reproduces these numbers bit for bit.",
+        "Another processor, thread count or torch version rounds floating-point sums",
+        "differently, and training amplifies that: there the numbers agree only within seed",
+        "noise, and what should hold is each **Measured** verdict, not the digits (a test near",
+        "its 95% threshold may still tip either way).",
+        "",
+        "Each section's **Ran** line gives its data, seeds and epochs, read from the runs",
+        "themselves, and its sweep; the batched launcher (`hydra/launcher=batched`) trains the",
+        "runs that share a network shape together. Tables give mean ± std over the seeds whose",
+        "runs completed: a setting with a diverged, pruned, failed or unfinished run says",
+        '"n of m" in its `seeds` column, leaves those runs out of its means, and is never',
+        "ranked. A **Measured** line calls one setting higher or lower than another only when",
+        "Welch's t-test tells their means apart at 95%. Where a line compares its highest",
+        "setting with several others, the p-values are Holm-adjusted, so that the chance of",
+        'any false call in the line stays near 5%. Otherwise it says "no difference detected at',
+        'N seeds": not that the settings are equal, but that N seeds cannot tell them apart.',
+        "The lecture's lines compare each step with the step before it.",
+        "",
+        "Plots show the mean, with error bars of ± 1 std or a band from the lowest to the",
+        "highest seed, and each seed as a dot. Diverged runs (a non-finite loss: training",
+        "stops, the best weights so far are reported) are marked in every table and plot: a",
+        "cross on the bottom edge of a plot, at the epoch or setting where they diverged;",
+        "plots leave their final accuracy out of the mean ± std. Accuracy axes span at least",
+        f"{MIN_ACC_SPAN}, so that a difference of 0.01 is never a large part of a plot.",
+        "Accuracies are fractions of 1; `train/acc` in the tables is measured after training",
+        "over the whole training split (eval mode), `s/epoch` is the mean time of one epoch's",
+        "training pass per run (a batched group's epoch time divided by its runs).",
         "",
     ]
     out.write_text("\n".join(header + parts))
     return out
 
 
-def _data_name(sweep_dir: Path) -> str:
-    configs = sorted(sweep_dir.glob("*/.hydra/config.yaml"))
-    if not configs:
-        return "?"
-    cfg = OmegaConf.load(configs[0])
-    size = cfg.data.train_size
-    return f"{cfg.data.name}" + (f", train_size={size}" if size else "")
-
-
-def _machine() -> str:
-    device = (
-        torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else f"CPU ({torch.get_num_threads()} threads)"
-    )
-    return f"{platform.machine()} {device}, torch {torch.__version__}"
+def machine() -> str:
+    """The processor (or GPU) the runs trained on, with the software that sets their digits:
+    'AMD EPYC 7B13 (x86_64, 2 threads), torch 2.4.0'."""
+    if torch.cuda.is_available():
+        device = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        names = (
+            re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
+            if (cpuinfo.is_file())
+            else []
+        )
+        name = names[0].strip() if names else platform.processor() or "CPU"
+        device = f"{name} ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"{device}, torch {torch.__version__}"
