@@ -34,7 +34,15 @@ from dltips.plots import (
     settings_groups,
     short_label,
 )
-from dltips.runs import DONE, collect_runs, markdown_table, read_metrics, split_settings
+from dltips.runs import (
+    DONE,
+    USABLE,
+    collect_runs,
+    markdown_table,
+    read_metrics,
+    split_settings,
+    status_counts,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 # docs/RESULTS.md and its hand-written notes are about this run, the full report (make report)
@@ -266,7 +274,7 @@ def counted(group: pd.DataFrame) -> pd.DataFrame:
     The report's one status rule: a diverged, pruned, failed or unfinished run is left out of
     every mean, whose cell then says "n of m", and a setting with such a run is never ranked.
     """
-    return group[group["status"] == "completed"]
+    return group[group["status"].isin(USABLE)]
 
 
 def of_seeds(group: pd.DataFrame) -> str:
@@ -288,8 +296,8 @@ def mean_std(values: pd.Series, digits: int = 3) -> str:
 def status_cell(group: pd.DataFrame) -> str:
     """'completed', or each status with its count: '**diverged** (3 of 3 seeds)'."""
     counts = group["status"].value_counts()
-    if list(counts.index) == ["completed"]:
-        return "completed"
+    if set(counts.index) <= set(USABLE):
+        return status_counts(group["status"]) if len(counts) > 1 else str(counts.index[0])
     return ", ".join(
         f"{'**diverged**' if s == 'diverged' else s} ({n} of {len(group)} seeds)"
         for s, n in counts.items()
@@ -361,7 +369,7 @@ def _p(p: float) -> str:
 
 def _not_ranked(group: pd.DataFrame, label: str, metric: str) -> str:
     """'depth=10 (2 of 3 seeds completed, 1 diverged; their mean 0.808 ± 0.028)'."""
-    others = group[group["status"] != "completed"]["status"].value_counts()
+    others = group[~group["status"].isin(USABLE)]["status"].value_counts()
     statuses = ", ".join(f"{n} {s}" for s, n in others.items())
     values = mean_std(counted(group)[metric])
     mean = f"; their mean {values}" if values else ""
@@ -380,7 +388,7 @@ def ranking(runs: pd.DataFrame, key: str, others: list[str], metric: str = "test
         complete, incomplete = [], []
         for value, runs_of in settings_groups(group, [key]):
             label = short_label(key, value[key])
-            if (runs_of["status"] == "completed").all():
+            if runs_of["status"].isin(USABLE).all():
                 complete.append((label, _values(runs_of, metric)))
             else:
                 incomplete.append(_not_ranked(runs_of, label, metric))
@@ -438,7 +446,7 @@ def step_claims(runs: pd.DataFrame, metric: str = "test/acc") -> list[str]:
         step = int(setting["experiment"][12:])
         name = f"step {step} ({lecture_preset(setting['experiment']).get('change', '')})"
         values = _values(group, metric)
-        if not (group["status"] == "completed").all():
+        if not group["status"].isin(USABLE).all():
             label = _not_ranked(group, name, metric)
             sentences.append(f"{label[0].upper()}{label[1:]}: not compared.")
             if before is not None:  # the next step is compared with the one before this
