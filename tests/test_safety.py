@@ -415,3 +415,34 @@ def test_a_sweep_job_resumed_alone_with_more_epochs_is_labelled_with_them(tmp_pa
     assert runs.loc["0", "trainer.max_epochs"] == "3" and runs.loc["1", "trainer.max_epochs"] == "2"
     assert len(tables["seeds"]) == 2  # 3 epochs and 2 epochs: never pooled over seeds
     assert "trainer.max_epochs=2" not in (sweep_dir / "summary.md").read_text()
+
+
+def test_sweep_resume_without_m_is_refused_with_the_command_that_resumes(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    first = train_cli(tmp_path, "-m", "seed=0,1", f"hydra.sweep.dir={sweep_dir}")
+    assert first.returncode == 0, output(first)[-2000:]
+    before = file_digests(sweep_dir)
+    result = train_cli(tmp_path, f"sweep.resume={sweep_dir}")
+    assert_refused(result, "sweep.resume continues a sweep, and this command is a single run")
+    assert "python scripts/train.py -m " in result.stderr and "seed=0,1" in result.stderr
+    assert file_digests(sweep_dir) == before
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("members", ["-1", "0", "2.5", "two"])
+def test_a_bad_max_members_is_one_line_before_anything_is_written(tmp_path, members):
+    result = train_cli(
+        tmp_path,
+        "-m",
+        "hydra/launcher=batched",
+        f"hydra.launcher.max_members={members}",
+        "seed=0,1",
+    )
+    assert result.returncode != 0, output(result)[-2000:]
+    assert "Traceback" not in output(result)
+    assert "max_members" in result.stderr
+    # the range is dltips' check; the type the launcher's structured config checks
+    assert ("positive integer" if members in ("-1", "0") else "converted to Integer") in (
+        result.stderr
+    )
+    assert not (tmp_path / "outputs").exists()

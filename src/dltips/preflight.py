@@ -7,6 +7,7 @@ config and before it creates the run or sweep dir, writes `.hydra/` or launches 
 
 import itertools
 import logging
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,16 @@ def claim_clock_named_dir(config: DictConfig, mode: str) -> Path | None:
     return claimed
 
 
+def sweep_command(sweep_dir: Path) -> str:
+    """The overrides a sweep was started with, from its multirun.yaml, each followed by a
+    space; '<the sweep's overrides> ' when it has none to read."""
+    try:
+        task = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
+    except Exception:  # no such sweep, or not one dltips wrote: the user knows the command
+        return "<the sweep's overrides> "
+    return "".join(f"{shlex.quote(o)} " for o in task if not o.startswith("sweep.resume="))
+
+
 def holds_a_run(folder: Path) -> bool:
     return (folder / "checkpoints").is_dir() or (folder / "metrics.json").is_file()
 
@@ -134,6 +145,13 @@ class StartChecks(Callback):
     """Refuse, before anything is written, what would overwrite or mislabel earlier results."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.sweep.resume is not None:
+            raise PreflightError(
+                f"sweep.resume continues a sweep, and this command is a single run (no -m): "
+                f"it would train a new run instead. Run the sweep's own command with -m: "
+                f"python scripts/train.py -m {sweep_command(Path(config.sweep.resume))}"
+                f"{override_arg('sweep.resume', config.sweep.resume)}"
+            )
         claimed = None if config.trainer.resume else claim_clock_named_dir(config, "run")
         run_dir = claimed or Path(config.hydra.run.dir)
         if not config.trainer.resume and holds_a_run(run_dir):
@@ -144,6 +162,12 @@ class StartChecks(Callback):
         check_writable(run_dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        members = config.hydra.launcher.get("max_members")
+        if members is not None and (type(members) is not int or members < 1):
+            raise PreflightError(
+                f"hydra.launcher.max_members={members!r}: must be a positive integer (runs per "
+                f"group at most) or null (as many as fit in memory)."
+            )
         overrides = list(config.hydra.overrides.task)
         if any(o.split("=", 1)[0].lstrip("+~") == "trainer.resume" for o in overrides):
             raise PreflightError(
