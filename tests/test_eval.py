@@ -176,6 +176,17 @@ def test_eval_uses_the_checkpoint_that_metrics_json_names(
     assert ev["run_status"] == "completed" and ev["warning"] is None
     assert "best.pt (epoch 1)" in out and "WARNING" not in out
 
+    # another checkpoint of the run, named explicitly: used, and said not to be the reported one
+    shutil.rmtree(tmp_path / "outputs")
+    last = early_best_run / "checkpoints" / "last.pt"
+    status, out, err = run_in_process(
+        "eval.py", f"ckpt={last}", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 0, err
+    ev = eval_results(tmp_path)
+    assert ev["epoch"] == 2 and "reports the weights of checkpoints/best.pt" in ev["warning"]
+    assert f"[WARNING] - {ev['warning']}" in out
+
 
 def test_a_batched_run_names_its_checkpoint_too(tmp_path, monkeypatch, capsys):
     jobs = [

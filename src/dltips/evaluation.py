@@ -157,6 +157,9 @@ def weights_note(path: Path, epoch: int) -> tuple[str | None, str | None]:
             reported = reported_checkpoint(run_dir, metrics)
         except UserError:
             return status, None
+        # the same epoch of the same run is the same weights (best.pt and last.pt alike)
+        if reported.is_file() and load_ckpt(reported)["epoch"] == epoch:
+            return status, None
         if reported.resolve() != path.resolve():
             return status, (
                 f"run {run_dir} reports the weights of {reported.relative_to(run_dir)} in its "
