@@ -1,7 +1,11 @@
 """scripts/eval.py and scripts/predict.py on real trained runs, through the real CLI."""
 
 import json
+import logging
+import runpy
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,7 @@ from PIL import Image
 
 from conftest import FASHION_DIR, ROOT, file_digests, make_cfg, run_script
 from dltips.data import load_dataset, read_cached
-from dltips.train import train
+from dltips.train import Job, train, train_group
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +36,47 @@ def standard_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("eval_standard") / "run"
     train(make_cfg("trainer.max_epochs=2", "data.normalize=standard"), run)
     return run
+
+
+@pytest.fixture(scope="module")
+def early_best_run(tmp_path_factory) -> Path:
+    """A real two-epoch run whose reported weights (best.pt, epoch 1) are not last.pt's:
+    min_delta=1 on val/acc, which never gains 1, keeps epoch 1 the best."""
+    run = tmp_path_factory.mktemp("eval_early_best") / "run"
+    train(
+        make_cfg(
+            "trainer.max_epochs=2",
+            "trainer.early_stopping.monitor=val/acc",
+            "trainer.early_stopping.min_delta=1",
+        ),
+        run,
+    )
+    return run
+
+
+def run_in_process(script: str, *args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of scripts/<script> run in this process, as a user would
+    start it in `cwd` (no interpreter start-up: a second instead of three)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    root = logging.getLogger()
+    handlers, level, sigint = root.handlers[:], root.level, signal.getsignal(signal.SIGINT)
+    status, message = 0, ""
+    try:
+        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+    except SystemExit as exit:
+        if isinstance(exit.code, str):  # what Python prints for SystemExit("error: ...")
+            status, message = 1, exit.code + "\n"
+        else:
+            status = exit.code or 0
+    finally:  # Hydra's log handlers write to this test's captured streams: not to the next
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        signal.signal(signal.SIGINT, sigint)
+    out, err = capsys.readouterr()
+    return status, out, err + message
 
 
 def metrics_of(run: Path) -> dict:
@@ -116,6 +161,154 @@ def test_a_run_without_restore_best_is_evaluated_with_its_last_weights(tmp_path)
     assert ev["test/acc"] == metrics_of(run)["test/acc"]  # the weights the run reported
 
 
+def test_eval_uses_the_checkpoint_that_metrics_json_names(
+    early_best_run, tmp_path, monkeypatch, capsys
+):
+    metrics = metrics_of(early_best_run)
+    assert metrics["checkpoint"] == "checkpoints/best.pt"  # epoch 1; last.pt is epoch 2
+    status, out, err = run_in_process(
+        "eval.py", f"ckpt={early_best_run}", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 0, err
+    ev = eval_results(tmp_path)
+    assert ev["checkpoint"] == str((early_best_run / metrics["checkpoint"]).resolve())
+    assert ev["epoch"] == 1 and ev["test/acc"] == metrics["test/acc"]
+    assert ev["run_status"] == "completed" and ev["warning"] is None
+    assert "best.pt (epoch 1)" in out and "WARNING" not in out
+
+    # another checkpoint of the run, named explicitly: used, and said not to be the reported one
+    shutil.rmtree(tmp_path / "outputs")
+    last = early_best_run / "checkpoints" / "last.pt"
+    status, out, err = run_in_process(
+        "eval.py", f"ckpt={last}", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 0, err
+    ev = eval_results(tmp_path)
+    assert ev["epoch"] == 2 and "reports the weights of checkpoints/best.pt" in ev["warning"]
+    assert f"[WARNING] - {ev['warning']}" in out
+
+
+def test_a_batched_run_names_its_checkpoint_too(tmp_path, monkeypatch, capsys):
+    jobs = [
+        Job(make_cfg("trainer.max_epochs=2", "seed=0"), tmp_path / "0"),
+        Job(
+            make_cfg("trainer.max_epochs=2", "seed=1", "trainer.early_stopping.restore_best=false"),
+            tmp_path / "1",
+        ),
+    ]
+    results = train_group(jobs)
+    assert [m["checkpoint"] for m in results] == ["checkpoints/best.pt", "checkpoints/last.pt"]
+    assert [metrics_of(tmp_path / k)["checkpoint"] for k in "01"] == [
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    ]
+    (tmp_path / "cwd").mkdir()
+    status, _, err = run_in_process(
+        "eval.py",
+        f"ckpt={tmp_path / '1'}",
+        cwd=tmp_path / "cwd",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert status == 0, err
+    ev = eval_results(tmp_path / "cwd")
+    assert ev["checkpoint"].endswith("1/checkpoints/last.pt")
+    assert ev["test/acc"] == results[1]["test/acc"]
+
+
+@pytest.mark.parametrize("script", ["eval.py", "predict.py"])
+def test_a_missing_reported_checkpoint_is_an_error_never_another_file(
+    early_best_run, tmp_path, monkeypatch, capsys, script
+):
+    run = tmp_path / "run"
+    shutil.copytree(early_best_run, run)
+    (run / "checkpoints" / "best.pt").unlink()  # last.pt (epoch 2) is still there
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), dtype=np.uint8))
+    before = file_digests(tmp_path)
+    images = ["images=x.npy"] if script == "predict.py" else []
+    status, out, err = run_in_process(
+        script, "ckpt=run", *images, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 1, out + err
+    assert err.startswith("error: ckpt=run: its metrics.json reports the weights of ")
+    assert "checkpoints/best.pt, which is missing" in err
+    assert f"name it: ckpt={Path('run', 'checkpoints', 'last.pt')}" in err
+    assert "Traceback" not in err and "class" not in out  # no predictions, no evaluation
+    assert file_digests(tmp_path) == before  # no outputs/eval/ dir, nothing else written
+
+
+def test_a_run_written_before_metrics_json_named_its_checkpoint(
+    early_best_run, tmp_path, monkeypatch, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(early_best_run, run)
+    metrics = metrics_of(run)
+    del metrics["checkpoint"]  # as the previous version wrote it
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    status, _, err = run_in_process(
+        "eval.py", "ckpt=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 0, err
+    ev = eval_results(tmp_path)  # what that version reported: restore_best, best.pt
+    assert ev["checkpoint"].endswith("best.pt") and ev["epoch"] == 1
+    assert ev["test/acc"] == metrics["test/acc"]
+
+    shutil.rmtree(tmp_path / "outputs")
+    (run / "checkpoints" / "best.pt").unlink()  # still never last.pt in its place
+    status, _, err = run_in_process(
+        "eval.py", "ckpt=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 1 and "checkpoints/best.pt, which is missing" in err, err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_diverged_runs_weights_are_named_as_such(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    metrics = train(
+        make_cfg("optim=sgd", "optim.lr=1e6", "data.normalize=none", "trainer.max_epochs=3"),
+        run,
+    )
+    assert metrics["status"] == "diverged" and metrics["epochs_trained"] == 0
+    assert metrics["checkpoint"] == "checkpoints/last.pt"  # epoch 0: no epoch was best
+    expected = (
+        f"run {run} diverged at epoch 1 (its loss became NaN or infinite): these are its "
+        f"weights from epoch 0 (its initial weights: no epoch finished)."
+    )
+    (tmp_path / "cwd").mkdir()
+    status, out, err = run_in_process(
+        "eval.py", f"ckpt={run}", cwd=tmp_path / "cwd", monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 0, err
+    assert f"[WARNING] - {expected}" in out
+    ev = eval_results(tmp_path / "cwd")
+    assert ev["run_status"] == "diverged" and ev["warning"] == expected
+    assert ev["epoch"] == 0 and ev["test/acc"] == metrics["test/acc"]
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), dtype=np.uint8))
+    status, out, err = run_in_process(
+        "predict.py",
+        f"ckpt={run}",
+        f"images={tmp_path / 'x.npy'}",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert status == 0, err
+    assert expected in err and out.startswith("image")  # stdout keeps only the table
+
+
+@pytest.mark.parametrize("script", ["eval.py", "predict.py"])
+def test_help_is_the_scripts_own(tmp_path, monkeypatch, capsys, script):
+    status, out, _ = run_in_process(
+        script, "--help", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 0
+    assert out.startswith(f"dltips {script.removesuffix('.py')}: ")
+    assert "ckpt=<run dir | .pt file>" in out and "--hydra-help" in out
+    assert "groups ==" not in out and "optim:" not in out  # not the training groups
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_noise_sweep_evaluates_one_model_at_several_noise_levels(run_dir, tmp_path):
     result = run_script(
         "eval.py", "-m", f"ckpt={run_dir}", "data.test_noise_std=0,0.5,2", cwd=tmp_path
@@ -150,7 +343,7 @@ def test_eval_on_another_data_set_keeps_the_checkpoints_normalization(standard_r
         (["ckpt=no/such/run"], "ckpt=no/such/run: no such run directory or checkpoint file"),
         (["ckpt=README.md"], "README.md is not a PyTorch checkpoint: it is a text file"),
         (["ckpt=other.pt"], "other.pt is not a dltips checkpoint: it has no 'epoch'"),
-        (["ckpt=empty"], "no checkpoints/best.pt or checkpoints/last.pt"),
+        (["ckpt=empty"], "ckpt=empty: no metrics.json or checkpoints/ in this directory"),
         ([], "ckpt is not set"),
         (["ckpt=RUN", "split=holdout"], "split='holdout': must be test, val or train"),
         (["ckpt=RUN", "data.test_noise_std=-1"], "data.test_noise_std=-1: must be a number >= 0"),
@@ -239,11 +432,12 @@ def test_predict_standardizes_with_the_training_mean_and_std(standard_run, tmp_p
     ("args", "message"),
     [
         (["images=nope"], "images=nope: no such file or folder"),
-        (["images=empty"], "images=empty: the folder holds no .png files"),
+        (["images=empty"], "images=empty: the folder holds no .png or .jpg files"),
         (["images=small.npy"], "its array has shape (3, 27, 27); it must be (N, 28, 28)"),
-        (["images=float.npy"], "its array is float32; it must be uint8"),
-        (["images=README.md"], "not a folder, a .png or an .npy file"),
-        (["images=broken/x.png"], "cannot read broken/x.png as a PNG image"),
+        (["images=float.npy"], "its float32 values lie in 0.0..2.0; float pixels must be 0..1"),
+        (["images=int.npy"], "its int64 values lie in -1..255; integer pixels must be 0..255"),
+        (["images=README.md"], "not a folder, an image or an .npy file"),
+        (["images=broken/x.png"], "cannot read broken/x.png as an image"),
         ([], "images is not set"),
     ],
 )
@@ -253,7 +447,8 @@ def test_predict_errors_are_clear(run_dir, tmp_path, args, message):
     (tmp_path / "broken" / "x.png").write_text("not a png")
     shutil.copy(ROOT / "README.md", tmp_path)
     np.save(tmp_path / "small.npy", np.zeros((3, 27, 27), dtype=np.uint8))
-    np.save(tmp_path / "float.npy", np.zeros((3, 28, 28), dtype=np.float32))
+    np.save(tmp_path / "float.npy", np.linspace(0, 2, 3 * 784, dtype=np.float32).reshape(3, 784))
+    np.save(tmp_path / "int.npy", np.arange(-1, 783).reshape(1, 28, 28) % 257 - 1)
     before = file_digests(tmp_path)
     result = run_script("predict.py", f"ckpt={run_dir}", *args, cwd=tmp_path)
     assert_clean_error(result, message)
@@ -273,3 +468,34 @@ def test_predict_refuses_what_is_not_a_checkpoint(tmp_path, ckpt, message):
     result = run_script("predict.py", f"ckpt={ckpt}", "images=x.npy", cwd=tmp_path)
     assert_clean_error(result, message)
     assert "trainer.resume" not in result.stderr
+
+
+def test_predict_takes_jpg_one_image_and_any_pixel_type_alike(
+    run_dir, tmp_path, monkeypatch, capsys
+):
+    every_100th = slice(None, None, 100)  # one image of each class
+    images = read_cached(make_cfg().data)["x_test"][every_100th].reshape(-1, 28, 28).numpy()
+    np.save(tmp_path / "float.npy", images.astype(np.float32) / 255)  # as ToTensor gives them
+    np.save(tmp_path / "int64.npy", images.astype(np.int64))
+    np.save(tmp_path / "one.npy", images[3])  # a single (28, 28) image
+    (tmp_path / "jpgs").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "jpgs" / f"d{i}.jpg", quality=95)
+
+    def predicted(images: str) -> list[int]:
+        status, out, err = run_in_process(
+            "predict.py",
+            f"ckpt={run_dir}",
+            f"images={images}",
+            cwd=tmp_path,
+            monkeypatch=monkeypatch,
+            capsys=capsys,
+        )
+        assert status == 0 and err == "", err  # no warning: 28x28 grayscale, no conversion
+        return [c for c, _ in predictions(out).values()]
+
+    classes, _ = expected_predictions(run_dir, every_100th)
+    assert predicted("float.npy") == classes
+    assert predicted("int64.npy") == classes
+    assert predicted("one.npy") == [classes[3]]
+    assert predicted("jpgs") == classes  # lossy, but the same digits

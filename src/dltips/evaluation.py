@@ -25,6 +25,7 @@ from dltips.config import resolve_device, validate
 from dltips.data import load_dataset
 from dltips.errors import CheckpointError, ConfigError, DataError, UserError
 from dltips.preflight import PreflightError, check_writable, claim_clock_named_dir, holds_a_run
+from dltips.runs import BadMetrics, read_metrics
 from dltips.task import remove_unstarted
 from dltips.train import evaluate
 
@@ -41,8 +42,8 @@ HYDRA_FILES = {
 # preprocessing the model was trained with: kept when data=<option> picks another data set
 PREPROCESSING = ("normalize", "test_noise_std")
 CKPT_HINT = (
-    "Give ckpt a run directory (its checkpoints/best.pt is used) or a .pt file from a "
-    "run's checkpoints/ folder."
+    "Give ckpt a run directory (the weights its metrics.json reports are used) or a .pt "
+    "file from a run's checkpoints/ folder."
 )
 
 
@@ -50,15 +51,11 @@ CKPT_HINT = (
 
 
 def resolve_ckpt(ckpt: Any) -> Path:
-    """The checkpoint file for a `ckpt=` value: a .pt file, or a run dir's reported weights.
-
-    A run reports (in metrics.json) the weights of checkpoints/best.pt, or those of
-    checkpoints/last.pt when it ran with trainer.early_stopping.restore_best=false or
-    diverged before any epoch was best; a run dir means the same file here.
-    """
+    """The checkpoint file for a `ckpt=` value: a .pt file, or the one whose weights a run
+    dir's metrics.json reports (its `checkpoint`); never another file in its place."""
     if ckpt is None or str(ckpt) == "":
         raise ConfigError(
-            "ckpt is not set: give ckpt=<run dir> (its checkpoints/best.pt) or "
+            "ckpt is not set: give ckpt=<run dir> (the weights its metrics.json reports) or "
             "ckpt=<checkpoint .pt file>."
         )
     path = Path(str(ckpt))
@@ -69,18 +66,107 @@ def resolve_ckpt(ckpt: Any) -> Path:
             f"ckpt={ckpt}: no such run directory or checkpoint file. Run directories are "
             f"under outputs/DATE/TIME/ (or outputs/multirun/DATE/TIME/N/)."
         )
-    best, last = path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt"
-    if not last.is_file():
-        if best.is_file():
-            return best
+    last = path / "checkpoints" / "last.pt"
+    try:
+        metrics = read_metrics(path)
+    except BadMetrics as err:
         raise CheckpointError(
-            f"ckpt={ckpt}: no checkpoints/best.pt or checkpoints/last.pt in this directory. "
-            f"{CKPT_HINT}"
+            f"ckpt={ckpt}: {err}, so it does not say which weights the run reports. Name a "
+            f"checkpoint instead: ckpt={last}"
+        ) from None
+    if metrics is None:
+        if not (path / "checkpoints").is_dir():
+            raise CheckpointError(
+                f"ckpt={ckpt}: no metrics.json or checkpoints/ in this directory: not a run "
+                f"directory. {CKPT_HINT}"
+            )
+        raise CheckpointError(
+            f"ckpt={ckpt}: this run has not finished (no metrics.json), so it reports no "
+            f"weights. Finish it with trainer.resume={ckpt}, or name a checkpoint: "
+            f"ckpt={last} (its latest epoch)."
         )
-    if not best.is_file():  # diverged in its first epoch: the run reported last.pt
-        return last
+    if metrics["status"] == "failed":
+        raise CheckpointError(
+            f"ckpt={ckpt}: this run failed ({metrics.get('error', 'see its train.log')}), so "
+            f"it reports no weights. To use its last saved epoch anyway: ckpt={last}"
+        )
+    reported = reported_checkpoint(path, metrics)
+    if not reported.is_file():
+        others = [p for p in sorted(path.glob("checkpoints/*.pt")) if p != reported]
+        instead = f"ckpt={others[-1]}" if others else "ckpt=<a .pt checkpoint>"
+        raise CheckpointError(
+            f"ckpt={ckpt}: its metrics.json reports the weights of "
+            f"{reported.relative_to(path)}, which is missing. To use another checkpoint (its "
+            f"numbers will not be metrics.json's), name it: {instead}"
+        )
+    return reported
+
+
+def reported_checkpoint(run_dir: Path, metrics: dict[str, Any]) -> Path:
+    """The checkpoint whose weights a finished run's metrics.json reports.
+
+    metrics.json names it (`checkpoint`). A run written before it did reported best.pt when
+    trainer.early_stopping.restore_best was on (last.pt holds the config of the last
+    process that trained it) and an epoch had been best; else last.pt.
+    """
+    if "checkpoint" in metrics:
+        return run_dir / metrics["checkpoint"]
+    last, best = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    if not last.is_file():
+        raise CheckpointError(
+            f"ckpt={run_dir}: checkpoints/last.pt is missing, and its config says which "
+            f"weights this run (trained before metrics.json named its checkpoint) reports. "
+            f"Name a checkpoint instead: ckpt={best}"
+        )
     restore_best = load_ckpt(last)["config"]["trainer"]["early_stopping"]["restore_best"]
-    return best if restore_best else last
+    return best if restore_best and metrics.get("best_epoch", 0) >= 1 else last
+
+
+def weights_note(path: Path, epoch: int) -> tuple[str | None, str | None]:
+    """(the status of the run that wrote checkpoint `path`, a warning about its weights).
+
+    A diverged run's weights are said to be from before it diverged; a checkpoint other
+    than the one the run reports is said to be so. (None, None) for a file outside a run.
+    """
+    if path.parent.name != "checkpoints":
+        return None, None
+    run_dir = path.parent.parent
+    try:
+        metrics = read_metrics(run_dir)
+    except BadMetrics:
+        return None, None
+    if metrics is None:
+        return None, None
+    status = metrics["status"]
+    if status == "diverged":
+        at = metrics.get("epochs_trained", 0) + 1
+        if epoch == 0:
+            which = "its initial weights: no epoch finished"
+        elif epoch == at - 1:
+            which = "the last finite ones"
+        elif epoch == metrics.get("best_epoch"):
+            which = "its best epoch's"
+        else:
+            which = "an earlier epoch's"
+        return status, (
+            f"run {run_dir} diverged at epoch {at} (its loss became NaN or infinite): these "
+            f"are its weights from epoch {epoch} ({which})."
+        )
+    if status in ("completed", "pruned"):
+        try:
+            reported = reported_checkpoint(run_dir, metrics)
+        except UserError:
+            return status, None
+        # the same epoch of the same run is the same weights (best.pt and last.pt alike)
+        if reported.is_file() and load_ckpt(reported)["epoch"] == epoch:
+            return status, None
+        if reported.resolve() != path.resolve():
+            return status, (
+                f"run {run_dir} reports the weights of {reported.relative_to(run_dir)} in its "
+                f"metrics.json; these are {path.name}'s (epoch {epoch}), so the numbers "
+                f"differ from metrics.json's."
+            )
+    return status, None
 
 
 def load_ckpt(path: Path) -> dict[str, Any]:
@@ -162,6 +248,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path, overrides: list[str]) ->
     device = resolve_device(cfg.trainer.device)
     path = resolve_ckpt(cfg.ckpt)
     ckpt = load_ckpt(path)
+    status, warning = weights_note(path, ckpt["epoch"])
     saved = OmegaConf.create(ckpt["config"])
     data_cfg = data_config(saved, cfg.data, overrides)
     given = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] == "data"]
@@ -196,6 +283,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path, overrides: list[str]) ->
         "num_images": len(y),
         "checkpoint": str(path.resolve()),
         "epoch": ckpt["epoch"],
+        "run_status": status,  # of the run that wrote the checkpoint; null outside a run
+        "warning": warning,  # a diverged run's weights, or not the ones the run reports
         "data_overrides": given,
         "data": OmegaConf.to_container(data_cfg),
         "device": str(device),
@@ -203,6 +292,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path, overrides: list[str]) ->
 
     noise = f", test_noise_std {data_cfg.test_noise_std}" if split == "test" else ""
     log.info("Checkpoint %s (epoch %d)", path, ckpt["epoch"])
+    if warning:
+        log.warning(warning)
     log.info("Data %s, %s split: %d images%s", data_cfg.name, split, len(y), noise)
     log.info("%s/acc %.4f  %s/loss %.4f", split, acc, split, loss)
     log.info(
@@ -210,7 +301,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path, overrides: list[str]) ->
         "  ".join(f"{c}: {'-' if a is None else f'{a:.3f}'}" for c, a in enumerate(per_class)),
     )
     atomic_write_json(result, out_dir / "eval.json")
-    title = f"{data_cfg.name} {split}{noise}: acc {acc:.4f} (epoch {ckpt['epoch']})"
+    diverged = ", of a diverged run" if status == "diverged" else ""
+    title = f"{data_cfg.name} {split}{noise}: acc {acc:.4f} (epoch {ckpt['epoch']}{diverged})"
     plot_confusion(confusion, title).savefig(out_dir / "confusion_matrix.png", dpi=120)
     log.info("Outputs in %s", out_dir)
     return result
@@ -281,49 +373,73 @@ def check_output_dir(folder: Path, key: str) -> None:
 # --- scripts/predict.py -----------------------------------------------------------------
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGES_HINT = "a folder of .png or .jpg images, one such image, or an .npy file"
+
+
 def read_images(path: Path, side: int) -> tuple[list[str], torch.Tensor]:
-    """(names, uint8 images (N, side*side)) of a folder of PNGs, one PNG or an .npy file."""
+    """(names, float pixels 0..255 (N, side*side)) of a folder of images, one image or an .npy."""
     if not path.exists():
         raise DataError(
-            f"images={path}: no such file or folder. Give a folder of .png images, a .png "
-            f"file, or an .npy file of shape (N, {side}, {side}) or (N, {side * side})."
+            f"images={path}: no such file or folder. Give {IMAGES_HINT} of shape "
+            f"(N, {side}, {side}), (N, {side * side}) or ({side}, {side})."
         )
-    if path.is_dir() or path.suffix.lower() == ".png":
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         files = [path]
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(
-                f"images={path}: the folder holds no .png files. Give a folder of .png "
-                f"images or an .npy file."
+                f"images={path}: the folder holds no .png or .jpg files. Give {IMAGES_HINT}."
             )
-        return [p.name for p in files], read_pngs(files, side)
+        return [p.name for p in files], read_image_files(files, side)
     if path.suffix.lower() != ".npy":
         raise DataError(
-            f"images={path}: not a folder, a .png or an .npy file. Give a folder of .png "
-            f"images, a .png file, or an .npy file of uint8 pixels."
+            f"images={path}: not a folder, an image or an .npy file. Give {IMAGES_HINT}."
         )
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as err:
         raise DataError(f"images={path}: cannot read it as an .npy array ({err}).") from err
+    pixels = pixels_of_array(array, path, side)
+    return [str(i) for i in range(len(pixels))], pixels
+
+
+def pixels_of_array(array: np.ndarray, path: Path, side: int) -> torch.Tensor:
+    """Float pixels 0..255 (N, side*side) of an array of images: integers 0..255 as they
+    are, floats 0..1 (as torchvision's ToTensor gives them) times 255."""
+    if array.shape in ((side, side), (side * side,)):  # one image
+        array = array[None]
     if array.ndim not in (2, 3) or array.shape[1:] not in ((side, side), (side * side,)):
         raise DataError(
             f"images={path}: its array has shape {array.shape}; it must be (N, {side}, {side}) "
-            f"or (N, {side * side}), N images of {side}x{side} pixels."
-        )
-    if array.dtype != np.uint8:
-        raise DataError(
-            f"images={path}: its array is {array.dtype}; it must be uint8 pixels 0..255, as "
-            f"the training images were before normalization."
+            f"or (N, {side * side}), N images of {side}x{side} pixels, or one image "
+            f"({side}, {side})."
         )
     if len(array) == 0:
         raise DataError(f"images={path}: the array holds no images.")
-    return [str(i) for i in range(len(array))], torch.from_numpy(array).reshape(len(array), -1)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high, scale = 0, 255, 1.0
+    elif np.issubdtype(array.dtype, np.floating):
+        low, high, scale = 0, 1, 255.0
+    else:
+        raise DataError(
+            f"images={path}: its array is {array.dtype}; give integer pixels 0..255 or float "
+            f"pixels 0..1."
+        )
+    if not (np.isfinite(array).all() and array.min() >= low and array.max() <= high):
+        raise DataError(
+            f"images={path}: its {array.dtype} values lie in {array.min()}..{array.max()}; "
+            f"{'integer pixels must be 0..255' if scale == 1 else 'float pixels must be 0..1'} "
+            f"(or give {'float pixels 0..1' if scale == 1 else 'integer pixels 0..255'})."
+        )
+    pixels = torch.from_numpy(array.astype(np.float32)).reshape(len(array), -1)
+    return pixels * scale
 
 
-def read_pngs(files: list[Path], side: int) -> torch.Tensor:
-    """uint8 (N, side*side) of PNG files; other modes and sizes converted with PIL."""
+def read_image_files(files: list[Path], side: int) -> torch.Tensor:
+    """Float pixels 0..255 (N, side*side) of image files; other modes and sizes converted
+    with PIL."""
     from PIL import Image, UnidentifiedImageError
 
     images, converted = [], 0
@@ -336,7 +452,7 @@ def read_pngs(files: list[Path], side: int) -> torch.Tensor:
                     img = img.convert("L").resize((side, side), Image.Resampling.LANCZOS)
                 images.append(np.asarray(img, dtype=np.uint8).reshape(-1))
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise DataError(f"images: cannot read {file} as a PNG image ({err}).") from err
+            raise DataError(f"images: cannot read {file} as an image ({err}).") from err
     if converted:
         log.warning(
             "%d of %d images were not %dx%d grayscale: converted to grayscale and resized "
@@ -346,12 +462,11 @@ def read_pngs(files: list[Path], side: int) -> torch.Tensor:
             side,
             side,
         )
-    return torch.from_numpy(np.stack(images))
+    return torch.from_numpy(np.stack(images)).float()
 
 
 def normalize_images(x: torch.Tensor, data: DictConfig, seed: int) -> torch.Tensor:
-    """uint8 images normalized as the training data was (data.normalize of the checkpoint)."""
-    x = x.float()
+    """Pixels 0..255 normalized as the training data was (data.normalize of the checkpoint)."""
     if data.normalize == "unit":
         return x / 255
     if data.normalize == "standard":  # the training split's mean and std, as data.py has them
@@ -372,10 +487,15 @@ def predict_images(cfg: DictConfig) -> list[tuple[str, int, float]]:
     if side * side != in_features:
         raise CheckpointError(f"The model in {path} does not take square images.")
     if cfg.images is None or str(cfg.images) == "":
-        raise ConfigError("images is not set: give images=<folder of .png files | .npy file>.")
+        raise ConfigError(
+            "images is not set: give images=<folder of .png or .jpg files | image | .npy file>."
+        )
     names, x = read_images(Path(str(cfg.images)), side)
     x = normalize_images(x, saved.data, saved.seed).to(device)
     model = build_model(saved, ckpt["model"], in_features, num_classes, path).to(device)
+    warning = weights_note(path, ckpt["epoch"])[1]
+    if warning:  # on stderr: stdout keeps only the table
+        log.warning(warning)
     probs = logits(model, x, str(saved.trainer.precision) == "bf16").softmax(dim=1)
     best, classes = probs.max(dim=1)
     return list(zip(names, classes.tolist(), best.tolist()))

@@ -66,8 +66,9 @@ def _metrics_problem(metrics: Any) -> str | None:
         return f"not a JSON object but {_show(metrics)}"
     if not isinstance(metrics.get("status"), str):
         return f"'status' is {_show(metrics.get('status'))}, not a string"
-    if not isinstance(metrics.get("error", ""), str):
-        return f"'error' is {_show(metrics['error'])}, not a string"
+    for key in ("error", "checkpoint"):
+        if not isinstance(metrics.get(key, ""), str):
+            return f"'{key}' is {_show(metrics[key])}, not a string"
     for key in NUMBER_KEYS:
         if metrics.get(key) is not None and not _is_number(metrics[key]):
             return f"'{key}' is {_show(metrics[key])}, not a number or null"

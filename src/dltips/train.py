@@ -657,15 +657,13 @@ class Run:
         self.active = False
         self.flush()  # a diverged or pruned run's last completed epoch, its best epoch
         self.optimizer.freeze(self.index)  # no further updates in a group
-        # A diverged run's weights went on updating after the bad step: the last completed
-        # epoch's (last.pt) or the best epoch's weights are reported instead.
-        best = self.ckpt_dir / "best.pt"
-        last_epoch = self.history[-1]["epoch"] if self.history else None
-        best_is_now = self.status != "diverged" and self.stopper.best_epoch == last_epoch
-        if self.stopper.restore_best and best.is_file() and not best_is_now:
-            self.model.load_state_dict(load_checkpoint(best)["model"])
-        elif self.status == "diverged":
-            self.model.load_state_dict(load_checkpoint(self.ckpt_dir / "last.pt")["model"])
+        # The reported weights are one checkpoint's, named in metrics.json, so that eval.py
+        # and predict.py use the same: the best epoch's with restore_best, else the last
+        # completed epoch's. A diverged run's weights went on updating after the bad step:
+        # its checkpoints hold the ones before it (epoch 0's if it diverged in epoch 1).
+        best, last = self.ckpt_dir / "best.pt", self.ckpt_dir / "last.pt"
+        reported = best if self.stopper.restore_best and best.is_file() else last
+        self.model.load_state_dict(load_checkpoint(reported)["model"])
         final = {}
         for split, x, y in (
             ("train", self.data.x_train, self.data.y_train),
@@ -681,6 +679,7 @@ class Run:
         result = {
             "status": self.status,
             **final,
+            "checkpoint": reported.relative_to(self.run_dir).as_posix(),  # these weights
             "best_epoch": self.stopper.best_epoch,
             "epochs_trained": epochs_trained,
             "stopped_early": self.stopper.should_stop and epochs_trained < max_epochs,
