@@ -194,7 +194,21 @@ def test_failed_download_is_explained(tmp_path, monkeypatch):
     # a port nobody listens on: the same failure as a machine without network, at once
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     cfg = make_cfg("data=mnist", f"data.root={tmp_path}", "data.download=true")
-    with pytest.raises(DataError, match="download failed"):
+    with pytest.raises(DataError, match="download failed") as err:
+        load_dataset(cfg.data, seed=0)
+    cause = str(err.value).splitlines()[-1]  # the cause in full, not the first line's "...:"
+    assert cause.startswith("  (RuntimeError: Error downloading") and not cause.endswith(":)")
+    assert "127.0.0.1:9" in cause
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path):
+    cfg = make_cfg(
+        "data=fashion_mnist",
+        f"data.root={tmp_path}",
+        "data.download=false",
+        f"data.source.system_dir={tmp_path / 'not-installed' / 'fashion-mnist'}",
+    )
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load_dataset(cfg.data, seed=0)
 
 

