@@ -356,3 +356,29 @@ def test_bench_times_runs_alone_against_one_group(tmp_path):
     assert figures["batched_vs_sequential"] == pytest.approx(
         figures["batched_model_epochs_per_s"] / figures["sequential_model_epochs_per_s"]
     )
+
+
+@pytest.mark.slow
+def test_a_batched_sweep_of_several_shapes_matches_the_sequential_sweep(tmp_path):
+    # the README's claim: losses within 1e-3 relative, accuracies within a few images
+    grid = ["model.width=32,64", "seed=0,1", "trainer.max_epochs=3"]
+    shown = {}
+    for launcher in ("batched", "basic"):
+        result = run_script(
+            "train.py", "-m", f"hydra/launcher={launcher}", *grid,
+            f"hydra.sweep.dir={tmp_path / launcher}", cwd=tmp_path,
+        )  # fmt: skip
+        shown[launcher] = result.stdout + result.stderr
+        assert result.returncode == 0, shown[launcher][-3000:]
+    assert "Batched 2 groups: jobs 0,1 | jobs 2,3" in shown["batched"]
+    for job in range(4):
+        alone, together = (
+            json.loads((tmp_path / launcher / str(job) / "metrics.json").read_text())
+            for launcher in ("basic", "batched")
+        )
+        assert together["batch"]["members"] == 2
+        for a, b in zip(alone["history"], together["history"], strict=True):
+            for key in ("train/loss", "val/loss"):
+                assert b[key] == pytest.approx(a[key], rel=1e-3), (job, a["epoch"], key)
+            assert abs(b["train/acc"] - a["train/acc"]) * 3500 <= 3, (job, a["epoch"])
+            assert abs(b["val/acc"] - a["val/acc"]) * 500 <= 3, (job, a["epoch"])
