@@ -17,6 +17,7 @@ from dltips.tensorboard_log import (
     FINAL,
     METRICS,
     events_dir,
+    experiment_summary,
     log_sweep_hparams,
     open_writer,
     read_session,
@@ -222,3 +223,15 @@ def test_the_hparams_table_shows_each_runs_status_first(tmp_path):
         for j in "01"
     ]
     assert ends == [api_pb2.Status.Value("STATUS_SUCCESS"), api_pb2.Status.Value("STATUS_FAILURE")]
+
+
+def test_a_column_of_numbers_and_none_is_filtered_by_checkboxes():
+    # data.train_size=1000,null: an interval filter would fail on "none", a regexp on 1000
+    sessions = [{"data/train_size": 1000, "seed": 0}, {"data/train_size": "none", "seed": 0}]
+    content = experiment_summary(sessions).value[0].metadata.plugin_data.content
+    (info,) = metadata.parse_experiment_plugin_data(content).hparam_infos
+    assert info.type == api_pb2.DATA_TYPE_STRING
+    assert [v.WhichOneof("kind") for v in info.domain_discrete.values] == [
+        "number_value",
+        "string_value",
+    ]

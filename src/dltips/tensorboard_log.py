@@ -23,8 +23,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import summary_v2 as hp  # `hparams.api` without TensorFlow
 from torch.utils.tensorboard import SummaryWriter
 
 from dltips.runs import USABLE, recorded_overrides, settings_of
@@ -35,12 +36,6 @@ FINAL = "~final/"  # tag prefix of the final metrics: sorts after every other ta
 GRAD_NORM = "weight_grad_norm_log10/"  # sorts after train/ and val/
 # the HParams table's metric columns, in this order: validation and test first
 METRICS = ("val/acc", "test/acc", "val/loss", "test/loss", "train/acc", "train/loss")
-# a hyperparameter's protobuf Value field -> its HParams data type
-TYPES = {
-    "bool_value": "DATA_TYPE_BOOL",
-    "number_value": "DATA_TYPE_FLOAT64",
-    "string_value": "DATA_TYPE_STRING",
-}
 MAX_LABEL = 80  # characters of a run's label at most: it is a folder name
 STATUS = "status"  # the HParams column of a run's status (runs.STATUSES): always the first
 HPARAMS_DIR = "hparams"  # the sweep's experiment: a TensorBoard run of its own
@@ -214,50 +209,43 @@ def key_hparams(cfg: DictConfig) -> dict[str, Any]:
     return {k: "none" if v is None else v for k, v in values.items()}
 
 
-def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
-    data.version = metadata.PLUGIN_DATA_VERSION
-    plugin = SummaryMetadata.PluginData(
-        plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()
-    )
-    return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
+def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
+    """HParams plugin data as a summary (what summary_v2 does for the two it builds)."""
+    plugin = metadata.create_summary_metadata(data)
+    return Summary(value=[Summary.Value(tag=tag, metadata=plugin, tensor=metadata.NULL_TENSOR)])
 
 
-def _value(value: Any) -> dict[str, Any]:
-    """A hyperparameter as a google.protobuf Value's field."""
-    if isinstance(value, bool):
-        return {"bool_value": value}
-    if isinstance(value, int | float):
-        return {"number_value": value}
-    return {"string_value": str(value)}
+def _hparam_info(name: str, values: list[Any], differs: bool) -> api_pb2.HParamInfo:
+    """A column of the HParams table: a number is filtered by an interval, a str or bool by
+    a checkbox per value."""
+    info = api_pb2.HParamInfo(name=name, differs=differs)
+    kinds = {type(v) for v in values}
+    if kinds <= {int, float}:
+        info.type = api_pb2.DATA_TYPE_FLOAT64
+    elif len(kinds) == 1:
+        hp.Discrete(dict.fromkeys(values)).update_hparam_info(info)
+    else:  # "none" and numbers (data/train_size): checkboxes too, which hp.Discrete refuses
+        info.type = api_pb2.DATA_TYPE_STRING
+        info.domain_discrete.extend(dict.fromkeys(values))
+    return info
 
 
 def experiment_summary(sessions: list[dict[str, Any]]) -> Summary:
     """The HParams experiment: the hyperparameters whose value differs between the
     `sessions` (all of them when none differs: a single run) and the final metrics, METRICS
-    first. TensorBoard ticks the first five hyperparameters: the ones that differ."""
+    first. TensorBoard ticks the first five hyperparameters: the ones that differ.
+
+    Not hp.hparams_config_pb: it cannot mark a column as differing."""
     names = list(dict.fromkeys(k for s in sessions for k in s))
     differs = [k for k in names if len({repr(s.get(k)) for s in sessions}) > 1]
     shown = sorted(k for k in differs or names if k != STATUS)  # as TensorBoard lists them
     if STATUS in names:  # first (ticked), a filter of each status, even when all agree
         shown.insert(0, STATUS)
-    infos = []
-    for name in shown:
-        values = [s[name] for s in sessions if name in s]
-        kind = next(iter(_value(values[0])))
-        info = api_pb2.HParamInfo(
-            name=name, type=api_pb2.DataType.Value(TYPES[kind]), differs=name in differs
-        )
-        if kind != "number_value":  # the table's filter offers each value as a checkbox
-            for v in dict.fromkeys(values):
-                info.domain_discrete.values.add(**_value(v))
-        infos.append(info)
-    metrics = [
-        api_pb2.MetricInfo(name=api_pb2.MetricName(tag=FINAL + m), display_name=m) for m in METRICS
-    ]
+    infos = [_hparam_info(n, [s[n] for s in sessions if n in s], n in differs) for n in shown]
+    metrics = [hp.Metric(FINAL + m, display_name=m).as_proto() for m in METRICS]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
-    return _hparams_summary(
-        metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)
-    )
+    data = plugin_data_pb2.HParamsPluginData(experiment=experiment)
+    return _summary(metadata.EXPERIMENT_TAG, data)
 
 
 def log_hparams(
@@ -270,24 +258,18 @@ def log_hparams(
     their values from. A single run also writes the experiment (which columns the table
     has); a sweep job leaves that to the sweep (log_sweep_hparams), which knows what varies.
     """
-    start = plugin_data_pb2.SessionStartInfo()
-    for name, value in hparam_values.items():
-        ((field, v),) = _value(value).items()
-        setattr(start.hparams[name], field, v)
+    # trial_id "": a row of its own (by default runs of the same values share one)
+    summaries = [hp.hparams_pb(hparam_values, trial_id="")]
     # a diverged or pruned run's session failed: the table's status filter tells them apart
     usable = hparam_values.get(STATUS, "completed") in USABLE
     end = plugin_data_pb2.SessionEndInfo(
-        status=api_pb2.Status.Value("STATUS_SUCCESS" if usable else "STATUS_FAILURE")
+        status=api_pb2.STATUS_SUCCESS if usable else api_pb2.STATUS_FAILURE
     )
-    summaries = [
-        _hparams_summary(
-            metadata.SESSION_START_INFO_TAG,
-            plugin_data_pb2.HParamsPluginData(session_start_info=start),
-        ),
-        _hparams_summary(
+    summaries.append(
+        _summary(
             metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end)
-        ),
-    ]
+        )
+    )
     if _sweep_of(Path(writer.log_dir)) is None:
         summaries.insert(0, experiment_summary([hparam_values]))
     for summary in summaries:
