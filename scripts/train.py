@@ -18,10 +18,11 @@ with imports_without_garbage_collection():  # 0.5 s faster (see its docstring)
     import hydra
     from omegaconf import DictConfig
 
-    from dltips.task import run
+    from dltips.task import batchable, run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@batchable  # hydra/launcher=batched trains its sweep jobs together
 def main(cfg: DictConfig) -> float:
     """Train once; in a sweep, a failing job is recorded and the sweep goes on."""
     return run(cfg)

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, file_digests, make_cfg, run_script, start_script, wait_for
+from conftest import file_digests, make_cfg, run_script, start_script, wait_for
 from dltips.checkpoint import load_checkpoint
 from dltips.data import load_dataset
 from dltips.group import cpu_too_large, group_jobs, group_key, memory_cap, num_params
@@ -195,37 +193,6 @@ def test_on_the_cpu_only_networks_that_gain_from_batching_are_grouped():
     )
     assert cpu_too_large(lecture) and memory_cap(lecture) == 1
     assert not cpu_too_large(small) and memory_cap(small) > 1
-
-
-def test_the_launcher_reuses_the_configs_the_sweeper_composed(monkeypatch):
-    from hydra.core.global_hydra import GlobalHydra
-
-    from hydra_plugins.dltips_batched_launcher.batched_launcher import ComposedConfigs
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        master = compose("train", return_hydra_config=True)
-        loader = GlobalHydra.instance().config_loader()
-        first = ComposedConfigs(loader)
-        composed = ComposedConfigs(loader)  # a launcher set up again on the same loader
-        assert composed.compose == first.compose  # wraps Hydra's method, not the first wrapper
-        calls = []
-        compose_once = composed.compose
-        composed.compose = lambda m, o: calls.append(o) or compose_once(m, o)
-        batch = [["seed=0"], ["seed=1", "model=relu"]]
-        checked = [loader.load_sweep_config(master, o) for o in batch]  # the sweeper's check
-        configs = [composed.get(master, o) for o in batch]  # the launcher's
-        assert calls == batch  # each composed once
-        fresh = [compose_once(master, o) for o in batch]
-        for config, alone, sweepers in zip(configs, fresh, checked, strict=True):
-            assert OmegaConf.to_container(config) == OmegaConf.to_container(alone)
-            config.seed = 99  # the launcher's copy is its own
-            assert sweepers.seed != 99
-        assert configs[1].model.activation._target_ == "torch.nn.ReLU"
-        assert not composed.configs  # each taken once: a large sweep holds no second copy
-        loader.load_sweep_config(master, batch[0])
-        composed.clear()  # after the launch: composed again, never a stale config
-        before = len(calls)
-        assert composed.get(master, batch[0]).seed == 0 and calls[before:] == [batch[0]]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
+from hydra.types import RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from dltips.errors import ConfigError, Interrupted, RunInUse, UserError
@@ -82,6 +82,22 @@ def check_not_a_sweep(hc: DictConfig) -> None:
         one = shlex.join(["python", script, *args, *(f"{k}={first[k]}" for k in swept)])
         message += f"\n  Or train one of its settings alone, giving each swept key:  {one}"
     raise ConfigError(message)
+
+
+def batchable(task_function: TaskFunction) -> TaskFunction:
+    """Declare `task_function` (scripts/train.py's main) dltips' training task: the batched
+    launcher (hydra/launcher=batched) sets its jobs up with `prepare` and trains them
+    together; any other launcher calls it as it is."""
+    task_function.prepare_job = prepare
+    return task_function
+
+
+def prepare(cfg: DictConfig) -> Job | float:
+    """A sweep job set up in the run dir Hydra chose, not trained: its Job, or its objective
+    if there is nothing to train."""
+    hc = HydraConfig.get()
+    run_dir, sweep_dir = Path(hc.runtime.output_dir), Path(hc.sweep.dir)
+    return prepare_job(cfg, run_dir, sweep_dir, list(hc.overrides.task))
 
 
 def sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, overrides: list[str]) -> float:

@@ -2,22 +2,32 @@
 
 `python scripts/train.py -m hydra/launcher=batched seed=0,1,2,3 optim.lr=0.01,0.1`
 
-Every job is set up as Hydra's basic launcher sets it up (its dir, `.hydra/`, train.log,
-callbacks), then the jobs that can share one batched model (dltips.group) train as one
-group with dltips.train.train_group, the same loop a single run uses. Each job gets the
-files a sequential sweep writes; a job that fits no group trains alone.
+A task function that declares how its jobs are set up to train (`prepare_job`, see
+dltips.task.batchable) has each job set up as Hydra's basic launcher sets it up (its dir,
+`.hydra/`, train.log), then the jobs that can share one batched model (dltips.group) train
+as one group with dltips.train.train_group, the same loop a single run uses; Hydra's
+`on_job_start` and `on_job_end` callbacks run around that training. Each job gets the files
+a sequential sweep writes; a job that fits no group trains alone. Any other task function
+runs job by job, as the basic launcher runs it.
 """
 
-import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_loader import ConfigLoader
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
@@ -38,6 +48,16 @@ ConfigStore.instance().store(
 JOB_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
+class NoCallbacks:
+    """Hydra's callbacks, not called: while a job is only set up, not yet trained."""
+
+    def on_job_start(self, **kwargs: Any) -> None:
+        pass
+
+    def on_job_end(self, **kwargs: Any) -> None:
+        pass
+
+
 class BatchedLauncher(Launcher):
     def __init__(self, max_members: int | None = None) -> None:
         self.max_members = max_members
@@ -49,9 +69,41 @@ class BatchedLauncher(Launcher):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
-        self.composed = ComposedConfigs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        if getattr(self.task_function, "prepare_job", None) is None:
+            log.info("Launching %d jobs locally (not a task that batches)", len(job_overrides))
+            return [
+                self.run_alone(overrides, initial_job_idx + i)
+                for i, overrides in enumerate(job_overrides)
+            ]
+        log.info("Launching %d jobs, batched where they share a model", len(job_overrides))
+        return self.launch_batched(job_overrides, initial_job_idx)
+
+    def job_config(self, overrides: list[str], num: int) -> DictConfig:
+        """A job's config, composed and numbered as the basic launcher does."""
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = num
+        return config
+
+    def run_alone(self, overrides: list[str], num: int) -> JobReturn:
+        """One job of any task function, as Hydra's basic launcher runs it."""
+        log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+        ret = run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=self.job_config(list(overrides), num),
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def launch_batched(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
         from dltips.config import validate
         from dltips.group import (
             CPU_MAX_PARAMS,
@@ -61,42 +113,32 @@ class BatchedLauncher(Launcher):
             group_key,
             memory_cap,
         )
-        from dltips.task import prepare_job, train_jobs
+        from dltips.task import train_jobs
         from dltips.train import Job
 
-        setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        log.info("Launching %d jobs, batched where they share a model", len(job_overrides))
-
-        # 1. set every job up as the basic launcher does; keep what it needs to train
-        returns, jobs = [], []
+        # 1. set every job up as the basic launcher runs it, with the task's prepare_job in
+        # place of the task: nothing trains yet, so Hydra's callbacks wait for the training
+        # (a job with nothing to train gets them at once)
+        setup_only = HydraContext(
+            config_loader=self.hydra_context.config_loader, callbacks=NoCallbacks()
+        )
+        returns, configs, jobs = [], [], []
         for i, overrides in enumerate(job_overrides):
-            num = initial_job_idx + i
-            config = self.composed.get(self.config, list(overrides))
-            with open_dict(config):
-                config.hydra.job.id = config.hydra.job.num = num
-
-            def prepare(cfg: DictConfig) -> Any:
-                hc = HydraConfig.get()
-                return prepare_job(
-                    cfg,
-                    Path(hc.runtime.output_dir),
-                    Path(hc.sweep.dir),
-                    list(hc.overrides.task),
-                )
-
+            config = self.job_config(list(overrides), initial_job_idx + i)
             ret = run_job(
-                hydra_context=self.hydra_context,
-                task_function=prepare,
-                config=config,
+                hydra_context=setup_only,
+                task_function=self.task_function.prepare_job,
+                config=config,  # run_job sets its hydra.runtime.output_dir
                 job_dir_key="hydra.sweep.dir",
                 job_subdir_key="hydra.sweep.subdir",
             )
             returns.append(ret)
-            if ret.status == JobStatus.COMPLETED and isinstance(ret._return_value, Job):
-                jobs.append((i, num, ret._return_value))
-        self.composed.clear()
+            configs.append(config)
+            if ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, Job):
+                jobs.append((i, config.hydra.job.num, ret.return_value))
+            else:  # skipped (finished before) or failed while set up
+                self.on_job_start(config)
+                self.on_job_end(config, ret)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
         # 2. group the jobs to train; a job whose config cannot be grouped trains alone
@@ -120,52 +162,41 @@ class BatchedLauncher(Launcher):
         groups = group_jobs(keys, cap)
         log.info("Batched %s", describe(groups, [num for _, num, _ in jobs]))
 
-        # 3. train each group; each job's log lines go to its own train.log
+        # 3. train each group, Hydra's callbacks around it; each job's log lines go to its
+        # own train.log
         for group in groups:
             members = [jobs[g] for g in group]
             with job_logs([job for _, _, job in members], [num for _, num, _ in members]):
+                for i, _, _ in members:
+                    self.on_job_start(configs[i])
                 objectives = train_jobs([job for _, _, job in members])
-            for (i, _, _), value in zip(members, objectives):
-                returns[i].return_value = value
-                returns[i].status = JobStatus.COMPLETED
+                for (i, _, _), value in zip(members, objectives):
+                    returns[i].return_value = value
+                    self.on_job_end(configs[i], returns[i])
         return returns
 
+    def on_job_start(self, config: DictConfig) -> None:
+        """Hydra's on_job_start for a job, its config current as in run_job."""
+        with current(config):
+            self.hydra_context.callbacks.on_job_start(
+                config=config, task_function=self.task_function
+            )
 
-class ComposedConfigs:
-    """Each job's config, composed once per launch where the sweeper already composed it.
+    def on_job_end(self, config: DictConfig, ret: JobReturn) -> None:
+        """Hydra's on_job_end for a job, given its return: its training's result."""
+        with current(config):
+            self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
 
-    Hydra's sweepers compose every job's config to check a batch before they launch it
-    (the basic sweeper's `validate_batch_is_legal`, dltips' Optuna sweeper likewise) and
-    throw the result away; the launcher would compose it again, about 15 YAML files and
-    75 ms per job. This remembers what the shared config loader composes until the launch
-    that follows, and the launcher takes a copy of it. A config no sweeper composed (or a
-    job's duplicate) is composed as before.
-    """
 
-    def __init__(self, loader: ConfigLoader) -> None:
-        self.configs: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
-        compose = loader.load_sweep_config
-        earlier = getattr(compose, "composed", None)  # a launcher set up before on this loader
-        self.compose = earlier.compose if earlier else compose
-
-        def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> Any:
-            config = self.compose(master_config, sweep_overrides)
-            self.configs[id(master_config), tuple(sweep_overrides)] = config
-            return config
-
-        load_sweep_config.composed = self
-        loader.load_sweep_config = load_sweep_config  # the instance the sweeper holds too
-
-    def get(self, master_config: DictConfig, overrides: list[str]) -> DictConfig:
-        """A job's config: a copy of the one the sweeper composed (which is then let go, so a
-        large sweep holds each config once), or a fresh composition."""
-        config = self.configs.pop((id(master_config), tuple(overrides)), None)
-        if config is None:
-            return self.compose(master_config, overrides)
-        return copy.deepcopy(config)
-
-    def clear(self) -> None:
-        self.configs.clear()
+@contextmanager
+def current(config: DictConfig) -> Iterator[None]:
+    """A job's Hydra config as HydraConfig.get() while its callbacks run, as in run_job."""
+    before = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(config)
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = before
 
 
 class job_logs:
