@@ -532,8 +532,8 @@ def test_early_stopping_plot_shows_losses_the_stop_and_the_restored_epoch(tmp_pa
     assert "patience stopped" not in legend  # not true of the panel without patience
 
 
-def test_the_readme_lecture_table_copies_the_presets_published_numbers():
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_lecture_table_copies_the_presets_published_numbers():
+    readme = (ROOT / "docs" / "tips.md").read_text()
     for path in LECTURE_PRESETS:
         step = f"lecture/{path.stem}"
         published = lecture_preset(step)["published"]
