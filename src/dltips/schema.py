@@ -164,10 +164,12 @@ class DataConf:
     )
     root: str = meta(
         "${oc.env:DLTIPS_DATA_DIR,data}",
-        "data directory (env `DLTIPS_DATA_DIR` if set). A relative path is relative to where "
-        "you start the command. Files in `<root>/MNIST/raw/` or `<root>/FashionMNIST/raw/`; "
-        "decoded tensors are cached in `<root>/cache/<name>.pt`",
-        resumable=True,  # where the files are, not what they are
+        "data directory (env `DLTIPS_DATA_DIR` if set). A relative path is relative to where you "
+        "start the command, also with `hydra.job.chdir=true` (where each job runs inside its own "
+        "run dir). torchvision's meaning: files in `<root>/MNIST/raw/` or "
+        "`<root>/FashionMNIST/raw/`. Decoded tensors are cached in `<root>/cache/<name>.pt`, so "
+        "the files are decoded once, for every run",
+        resumable=True,
     )
     download: bool = meta(
         True, "let torchvision download missing files (`mnist_5k`: unused)", resumable=True
@@ -175,14 +177,16 @@ class DataConf:
     batch_size: int = meta(100, "examples per gradient step", hparam="data/batch_size")
     train_size: int | None = meta(
         None,
-        "null = all; N = train on a class-stratified random N of the training split, drawn "
-        "with `data.subset_seed` before the validation hold-out",
+        "null = all; N = train on a class-stratified random N of the training split (each class "
+        "within one image of its share), drawn with `data.subset_seed` before the validation "
+        "hold-out, so every `seed` trains on the same images, e.g. `10000` as in the lecture",
         hparam="data/train_size",
     )
     subset_seed: int | None = meta(
         0,
-        "which subset `train_size` takes; `null` = the first N left after the hold-out "
-        "(dltips 0.1's rule)",
+        "which subset `train_size` takes (another integer, another subset); `null` = the first N "
+        "left after the hold-out, in the data set's order (dltips 0.1's rule; on the class-sorted "
+        "`mnist_5k` that is one or a few classes)",
         per_run=True,
         hparam="data/subset_seed",
     )
@@ -193,13 +197,14 @@ class DataConf:
     )
     normalize: str = meta(
         "unit",
-        "`unit` = x/255; `none` = raw 0..255 pixels; `standard` = zero mean, unit variance "
-        "(the training split's)",
+        "`unit` = x/255; `none` = raw 0..255 pixels; `standard` = zero mean, unit variance, with "
+        "the mean and std of the training split",
         hparam="data/normalize",
     )
     test_noise_std: float = meta(
         0.0,
-        "std of Gaussian noise added to the **test** inputs after normalization, 0 = off",
+        "std of Gaussian noise added to the **test** inputs after normalization (the lecture's "
+        "noisy-test experiment), 0 = off",
         per_run=True,
         hparam="data/test_noise_std",
     )
@@ -212,13 +217,14 @@ class EarlyStoppingConf:
     monitor: str = meta("val/loss", "`train/loss`, `train/acc`, `val/loss` or `val/acc`")
     mode: str | None = meta(
         None,
-        "`null` follows the metric (`*/acc`: max, `*/loss`: min); `min` or `max` must agree "
-        "with it",
-        resumable=True,  # the same monitor implies the same direction
+        "`null` follows the metric (`*/acc`: higher is better, `*/loss`: lower); `min` or `max` to"
+        " say it yourself (a mode that contradicts the metric is an error)",
+        resumable=True,
     )
     patience: int | None = meta(
         5,
-        "stop after this many epochs without improvement; `null` disables early stopping",
+        "stop after this many epochs without improvement; `null` disables early stopping (train "
+        "all `max_epochs`)",
         resumable=True,
         hparam="trainer/patience",
     )
@@ -239,7 +245,8 @@ class TrainerConf:
     )
     device: str = meta(
         "auto",
-        "`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`",
+        "`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`. The model and the whole data set "
+        "are moved to the device once",
         resumable=True,
         shown=False,
     )
@@ -249,33 +256,45 @@ class TrainerConf:
     grad_clip: float | None = meta(
         None, "clip the global gradient norm to this value; null = off", per_run=True
     )
-    precision: str = meta("32", "`32` or `bf16` (bfloat16 autocast)", hparam="trainer/precision")
+    precision: str = meta(
+        "32", "`32` or `bf16` (bfloat16 autocast on CPU or GPU)", hparam="trainer/precision"
+    )
     # auto or a bool: OmegaConf cannot type a union
     cuda_graphs: Any = meta(
         "auto",
-        "`auto` (on for CUDA), `true` or `false`: replay each epoch as one CUDA graph",
+        "on CUDA, capture one epoch's steps as a CUDA graph once and replay it every epoch "
+        "(`auto`: on for CUDA, off on the CPU; `true` on the CPU is an error). Adagrad cannot step"
+        " inside a graph and trains eagerly (one log line says so)",
     )
-    tf32: bool = meta(True, "CUDA: float32 matrix multiplies on TF32 tensor cores")
+    tf32: bool = meta(
+        True, "on CUDA, float32 matrix multiplies on TF32 tensor cores (faster; 10-bit mantissa)"
+    )
     resume: str | None = meta(
         None,
-        "a run directory (continues from its `checkpoints/last.pt`) or a checkpoint file; "
-        "single runs only (a sweep uses `sweep.resume`)",
-        per_run=True,  # the epoch a resumed run starts from goes into the group key instead
+        "a run directory (continues from its `checkpoints/last.pt`, in that directory) or a "
+        "checkpoint file; single runs only (a sweep uses `sweep.resume`)",
+        per_run=True,
         resumable=True,
         shown=False,
     )
     checkpoint_every: int = meta(
         1,
-        "write checkpoints every N epochs (always at the end and on Ctrl-C or SIGTERM)",
+        "write `checkpoints/last.pt` (and `best.pt`) every N epochs, always at the end and on "
+        "Ctrl-C or SIGTERM; the epochs between are kept in memory, so results are the same. Only a"
+        " crash or SIGKILL then loses up to N - 1 epochs. Saving is about a tenth of a small "
+        "network's epoch (see Batched sweeps)",
         resumable=True,
     )
     flush_denormal: bool = meta(
-        True, "CPU: treat denormal floats as zero (avoids a 2-3x slowdown)", resumable=True
+        True,
+        "`true` or `false`. On the CPU, treat denormal floats (below ~1e-38) as zero: weights and "
+        "gradients that underflow there otherwise make epochs 2-3x slower",
+        resumable=True,
     )
     num_threads: int | None = meta(
         None,
-        "CPU threads torch uses (>= 1); null = torch's default, or `cores / n_jobs` in a "
-        "parallel sweep",
+        "CPU threads torch uses (an integer >= 1); null = torch's default, or `cores / n_jobs` in "
+        "a parallel sweep",
         resumable=True,
         shown=False,
     )
