@@ -6,6 +6,7 @@ from hydra.utils import instantiate
 
 from conftest import CONF_DIR, make_cfg
 from dltips.config import validate
+from dltips.config_docs import DOC, render
 from dltips.models import Maxout, linear_layers
 
 
@@ -98,3 +99,9 @@ def test_search_presets_compose_and_validate(name):
 
 def test_data_root_follows_the_environment(data_root):
     assert make_cfg().data.root == str(data_root)
+
+
+def test_configuration_docs_are_generated_from_the_schema():
+    text = DOC.read_text(encoding="utf-8")
+    assert render(text) == text, "out of date: run python scripts/config_docs.py"
+    assert "| `trainer.early_stopping.patience` | int \\| null | `5` |" in text

@@ -1,5 +1,5 @@
-"""Property: any mix of overrides trains when every value is valid, and otherwise fails
-with a message that names the bad key."""
+"""Property: any mix of overrides trains, or fails with a message that names a key it set;
+a value that is wrong in every context never trains."""
 
 from typing import NamedTuple
 
@@ -8,31 +8,27 @@ import torch
 from hydra.errors import HydraException
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, make_cfg
+from conftest import make_cfg
 from dltips.errors import UserError
 from dltips.train import train
 
-# where a bad value is caught, in the order train() meets them: composing the config
-# (Hydra), validate(), splitting the data, building the model and loss
-STAGES = ("compose", "validate", "data", "build")
-MNIST_5K_TRAIN = 4000  # images in mnist_5k's training split, before the validation hold-out
 # small data, one epoch: every example takes well under a second
 BASE = {"trainer.max_epochs": 1, "data.train_size": 200, "data.val_size": 50}
 
 
 class Drawn(NamedTuple):
     value: object
-    stage: str | None  # None: a valid value; else where it must fail
+    valid: bool  # False: wrong whatever else is set (caught composing, validating, splitting
+    # the data or building the loss); True: valid alone, maybe not with the other values
 
 
 def valid(*values: object) -> st.SearchStrategy[Drawn]:
-    return st.sampled_from(values).map(lambda v: Drawn(v, None))
+    return st.sampled_from(values).map(lambda v: Drawn(v, True))
 
 
-def invalid(*values: object, stage: str = "validate") -> st.SearchStrategy[Drawn]:
-    return st.sampled_from(values).map(lambda v: Drawn(v, stage))
+def invalid(*values: object) -> st.SearchStrategy[Drawn]:
+    return st.sampled_from(values).map(lambda v: Drawn(v, False))
 
 
 def cuda(index: int) -> tuple[str, ...]:
@@ -52,12 +48,12 @@ VALID = {
     "loss.criterion._target_": valid("torch.nn.CrossEntropyLoss", "torch.nn.MultiMarginLoss"),
     "seed": valid(0, 1),
     "model.depth": valid(1, 2),
-    "model.width": valid(1, 8, [8, 4]),  # a list: one width per layer (see expected())
+    "model.width": valid(1, 8, [8, 4]),  # a list: one width per layer (model.depth=2)
     "model.dropout": valid(0, 0.5),
     "model.init": valid("default", "xavier", "kaiming"),
     "optim.lr": valid(1e-3, 0.1, 1e4),  # 1e4 may diverge: a valid outcome
     "optim.weight_decay": valid(0, 1e-4),
-    # only some optimizers have these keys (see expected())
+    # only some optimizers have these keys
     "optim.betas": valid([0.9, 0.999], [0.0, 0.5]),
     "optim.momentum": valid(0, 0.9),
     "optim.alpha": valid(0.9, 0.99),
@@ -79,15 +75,13 @@ VALID = {
     "trainer.early_stopping.patience": valid(None, 1, 3),
 }
 
-# values that must fail, and where: validate() unless said otherwise
+# values that must fail whatever else is set
 INVALID = {
-    "model": invalid("nope", stage="compose"),
-    "optim": invalid("nope", stage="compose"),
-    "loss": invalid("nope", stage="compose"),
-    "loss.criterion._target_": (
-        invalid("torch.nn.Foo", "torch.optim.SGD")
-        | invalid("torch.nn.L1Loss", stage="build")  # builds, but cannot take class indices
-    ),
+    "model": invalid("nope"),
+    "optim": invalid("nope"),
+    "loss": invalid("nope"),
+    # L1Loss builds, but cannot take class indices
+    "loss.criterion._target_": invalid("torch.nn.Foo", "torch.optim.SGD", "torch.nn.L1Loss"),
     "seed": invalid("abc", 1.5),
     "model.depth": invalid(0, -1, "two"),
     "model.width": invalid(0, "wide", [8, 0]),
@@ -100,8 +94,8 @@ INVALID = {
     "optim.alpha": invalid(1, "x"),
     "loss.l1": invalid(-1),
     "data.batch_size": invalid(0, 2.5),
-    "data.train_size": invalid(0, "all") | invalid(100000, stage="data"),
-    "data.val_size": invalid(0, -5) | invalid(4000, 10**6, stage="data"),  # no training data
+    "data.train_size": invalid(0, "all", 100000),  # mnist_5k has 4000 training images
+    "data.val_size": invalid(0, -5, 4000, 10**6),  # no training data left
     "data.normalize": invalid("minmax"),
     "data.test_noise_std": invalid(-1),
     "trainer.device": invalid("tpu", "gpu", *cuda_missing(0), *cuda_missing(7)),
@@ -141,47 +135,6 @@ def hydra_value(value: object) -> str:
     return str(value)
 
 
-def preset_keys(group: str, option: str) -> set[str]:
-    return set(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
-
-
-def expected(drawn: dict[str, Drawn]) -> tuple[str | None, set[str]]:
-    """Where the drawn overrides must fail (None: they must train), and the keys that
-    stage's message names."""
-    stage = {k: d.stage for k, d in drawn.items() if d.stage}
-    value = {**BASE, **{k: d.value for k, d in drawn.items()}}
-
-    # values that are valid alone but not together
-    optim = value.get("optim", "adam")
-    if "optim" not in stage:
-        for key in ("optim.betas", "optim.momentum", "optim.alpha"):
-            if key in drawn and key.split(".")[1] not in preset_keys("optim", optim):
-                stage[key] = "compose"  # no such key in that preset: Hydra refuses it
-        if optim == "nesterov" and value.get("optim.momentum") == 0:
-            stage["optim.momentum"] = "validate"
-    depth, width = value.get("model.depth", 2), value.get("model.width")
-    if isinstance(width, list) and "model.depth" not in stage and len(width) != depth:
-        stage["model.width"] = "validate"
-    mode = value.get("trainer.early_stopping.mode")
-    monitor = value.get("trainer.early_stopping.monitor", "val/loss")
-    implied = "max" if monitor.endswith("/acc") else "min"
-    if mode in ("min", "max") and "trainer.early_stopping.monitor" not in stage and mode != implied:
-        stage["trainer.early_stopping.mode"] = "validate"
-    device = str(value.get("trainer.device", "cpu"))
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if value.get("trainer.cuda_graphs") is True and on_cpu and "trainer.device" not in stage:
-        stage["trainer.cuda_graphs"] = "validate"  # graphs need a CUDA device
-    train_size, val_size = value["data.train_size"], value["data.val_size"]
-    sizes_valid = not any(k in stage for k in ("data.train_size", "data.val_size"))
-    if sizes_valid and train_size is not None and train_size > MNIST_5K_TRAIN - val_size:
-        stage["data.train_size"] = "data"  # more than the hold-out leaves
-
-    if not stage:
-        return None, set()
-    first = min(stage.values(), key=STAGES.index)
-    return first, {k.removeprefix("+") for k, s in stage.items() if s == first}
-
-
 @pytest.fixture(autouse=True, scope="module")
 def keep_torch_threads():
     """trainer.num_threads sets torch's global thread count: restore it afterwards."""
@@ -190,28 +143,37 @@ def keep_torch_threads():
     torch.set_num_threads(threads)
 
 
+def named(message: str, keys: set[str]) -> set[str]:
+    """The keys `message` names (a group's option as Hydra names it: model/nope)."""
+    return {k for k in keys if k in message or k.replace(".", "/") in message}
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OVERRIDES)
-def test_overrides_train_or_fail_naming_the_bad_key(tmp_path_factory, drawn):
-    stage, keys = expected(drawn)
-    event(f"fails at {stage}" if stage else "trains")  # see pytest --hypothesis-show-statistics
+def test_overrides_train_or_fail_naming_a_key(tmp_path_factory, drawn):
     args = [f"{k}={hydra_value(v)}" for k, v in BASE.items() if k not in drawn]
     args += [f"{k}={hydra_value(d.value)}" for k, d in drawn.items()]
+    keys = {k.removeprefix("+") for k in {*drawn, *BASE}}
+    wrong = {k for k, d in drawn.items() if not d.valid}
     try:
         cfg = make_cfg(*args)
         metrics = train(cfg, tmp_path_factory.mktemp("fuzz"))
-    except (UserError, HydraException) as err:
-        message = str(err)
-        assert stage is not None, f"valid overrides failed: {message}"
-        assert isinstance(err, HydraException if stage == "compose" else UserError), message
-        named = {k for k in keys if k in message}
-        if stage == "validate":  # validate() reports every problem at once
-            assert named == keys, f"{keys - named} not named in: {message}"
-        else:  # Hydra and the data split stop at the first problem
-            assert named, f"none of {keys} named in: {message}"
-        assert "Traceback" not in message
+    except HydraException as err:  # composing: an option, a key, a value's type
+        event("fails composing")  # see pytest --hypothesis-show-statistics
+        first = str(err).splitlines()[0]
+        assert named(first, keys), f"none of {keys} named in: {err}"
+        assert "Traceback" not in f"{err}\n{err.__cause__}"
         return
-    assert stage is None, f"trained, but should have failed at {stage} naming {keys}"
+    except UserError as err:  # validate(), the data split, building the loss
+        event("fails checking")
+        problems = str(err).removeprefix("Invalid config:\n  - ").split("\n  - ")
+        for problem in problems:  # validate() lists every problem, one a line
+            assert "\n" not in problem, f"more than one line: {problem}"
+            assert named(problem, keys), f"none of {keys} named in: {problem}"
+        assert "Traceback" not in str(err)
+        return
+    event("trains")
+    assert not wrong, f"trained with {wrong} set to {[drawn[k].value for k in wrong]}"
     assert metrics["status"] in ("completed", "diverged")
     if metrics["status"] == "completed":
         assert metrics["epochs_trained"] == 1 and 0 <= metrics["test/acc"] <= 1

@@ -1,16 +1,20 @@
 """Checks of a composed config, so that a bad value fails before any training starts."""
 
+import dataclasses
 import difflib
 import functools
 import importlib
 import math
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, ValidationError
 
+from dltips import schema
 from dltips.early_stopping import metric_mode
 from dltips.errors import ConfigError
 
@@ -38,27 +42,11 @@ def _is_list(x: object) -> bool:
 
 
 def known_keys(group: str | None = None) -> list[str]:
-    """The keys conf/ defines at the top level (group None) or in a group's options.
-
-    Top level: train.yaml's own keys and the groups its defaults list picks an option of,
-    i.e. the top-level keys of the composed config.
-    """
-    return list(_known_keys(group))
-
-
-@functools.cache  # read once per process: a batched group validates hundreds of configs
-def _known_keys(group: str | None) -> tuple[str, ...]:
-    if group is None:
-        train = OmegaConf.load(CONF_DIR / "train.yaml")
-        groups = [k for d in train.defaults if isinstance(d, DictConfig) for k, v in d.items() if v]
-        return (*[k for k in train if k not in ("defaults", "hydra")], *groups)
-    node, _, sub = group.partition(".")
-    keys: dict[str, None] = {}
-    for path in sorted((CONF_DIR / node).glob("*.yaml")):
-        option = OmegaConf.load(path)
-        option = OmegaConf.select(option, sub) if sub else option
-        keys.update(dict.fromkeys(option or {}))
-    return tuple(keys)
+    """The keys the schema defines at the top level (group None) or in a group's node
+    (in `model`, model=maxout's `pieces` too)."""
+    prefix = f"{group}." if group else ""
+    keys = (k.removeprefix(prefix) for k, _ in schema.nodes() if k.startswith(prefix))
+    return [k for k in keys if "." not in k]
 
 
 def _unknown_keys(node: object, known: list[str], prefix: str = "") -> list[str]:
@@ -104,34 +92,76 @@ def _target_problem(node: object, key: str, group: str, kind: type | None = None
     return None
 
 
+@functools.cache
+def _scratch(cls: type) -> DictConfig:
+    """An instance of a schema node to assign values to: OmegaConf checks them."""
+    return OmegaConf.structured(cls)
+
+
+def _kind(annotation: object) -> str:
+    """'an integer', 'null or an integer', ...: what a field's type accepts, in words."""
+    args = typing.get_args(annotation) or (annotation,)
+    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    kind = kinds[next(a for a in args if a is not type(None))]
+    return f"null or {kind}" if type(None) in args else kind
+
+
+def _type_problems(cfg: DictConfig, cls: type = schema.TrainConf, prefix: str = "") -> list[str]:
+    """One problem per value of `cfg` that its schema type refuses. Hydra checks this while
+    it composes; a config that was not composed (a checkpoint's) is checked here."""
+    problems = []
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT or f.type is Any:
+            continue
+        if dataclasses.is_dataclass(f.type):
+            node = schema.MaxoutConf if f.type is schema.ModelConf else f.type
+            problems += _type_problems(cfg, node, key + ".")
+            continue
+        try:
+            _scratch(cls)[f.name] = value
+        except ValidationError as err:
+            problems.append(
+                f"{key}={value!r}: must be {_kind(f.type)} ({str(err).splitlines()[0]})."
+            )
+    return problems
+
+
+_ABSENT = object()
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every value of `cfg` that cannot work."""
-    problems: list[str] = []
+    """Raise ConfigError listing every value of `cfg` that cannot work.
+
+    The schema (dltips.schema) has typed the values; these are the checks a type cannot
+    say: ranges, choices, and values that must agree with each other.
+    """
+    # a key added with `+` that no code reads: most likely a misspelling, silently ignored
+    problems = _unknown_keys(cfg, known_keys())
+    for group in ("loss", "data", "trainer", "trainer.early_stopping"):
+        problems += _unknown_keys(OmegaConf.select(cfg, group), known_keys(group), f"{group}.")
+    if OmegaConf.get_type(cfg) is not schema.TrainConf:  # not composed by Hydra
+        problems += _type_problems(cfg)
+        if problems:
+            raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
     def check(ok: bool, message: str) -> None:
         if not ok:
             problems.append(message)
 
-    # a key added with `+` that no code reads: most likely a misspelling, silently ignored
-    problems += _unknown_keys(cfg, known_keys())
-    for group in ("loss", "data", "trainer", "trainer.early_stopping"):
-        problems += _unknown_keys(OmegaConf.select(cfg, group), known_keys(group), f"{group}.")
-
-    seed = cfg.get("seed")
-    check(
-        _is_int(seed) and -(2**63) <= seed < 2**64,
-        f"seed={seed!r}: must be an integer (seed=0, 1, 2, ...).",
-    )
+    seed = cfg.seed
+    check(-(2**63) <= seed < 2**64, f"seed={seed!r}: must be an integer (seed=0, 1, 2, ...).")
 
     m = cfg.model
-    check(_is_int(m.depth) and m.depth >= 1, f"model.depth={m.depth!r}: must be an integer >= 1.")
-    if _is_list(m.width):
+    check(m.depth >= 1, f"model.depth={m.depth!r}: must be an integer >= 1.")
+    if _is_list(m.width):  # Any in the schema: an int or a list
         check(
             all(_is_int(w) and w >= 1 for w in m.width),
             f"model.width={list(m.width)}: every width must be an integer >= 1.",
         )
         check(
-            not _is_int(m.depth) or len(m.width) == m.depth,
+            len(m.width) == m.depth,
             f"model.width has {len(m.width)} entries but model.depth={m.depth}: "
             f"give one width per hidden layer, or a single integer.",
         )
@@ -141,19 +171,17 @@ def validate(cfg: DictConfig) -> None:
             f"model.width={m.width!r}: must be an integer >= 1 (or a list, one per layer).",
         )
     check(
-        _is_number(m.dropout) and 0 <= m.dropout < 1,
+        0 <= m.dropout < 1,
         f"model.dropout={m.dropout!r}: must be in [0, 1) (the probability of dropping a unit).",
     )
     check(
         m.init in ("default", "xavier", "kaiming"),
         f"model.init={m.init!r}: must be default, xavier or kaiming.",
     )
-    check(
-        _is_int(m.get("pieces", 1)) and m.get("pieces", 1) >= 1,
-        f"model.pieces={m.get('pieces')!r}: must be an integer >= 1.",
-    )
+    check(m.get("pieces", 1) >= 1, f"model.pieces={m.get('pieces')!r}: must be an integer >= 1.")
     problems.append(_target_problem(m.activation, "model.activation", "model", torch.nn.Module))
 
+    # optim is not typed by the schema: each torch class has its own arguments
     o = cfg.optim
     problems.append(_target_problem(o, "optim", "optim", torch.optim.Optimizer))
     check(
@@ -209,26 +237,18 @@ def validate(cfg: DictConfig) -> None:
 
     problems.append(_target_problem(cfg.loss.criterion, "loss.criterion", "loss", torch.nn.Module))
     check(
-        _is_number(cfg.loss.l1) and cfg.loss.l1 >= 0,
+        math.isfinite(cfg.loss.l1) and cfg.loss.l1 >= 0,
         f"loss.l1={cfg.loss.l1!r}: must be a number >= 0 (0 = off).",
     )
 
     d = cfg.data
+    check(d.batch_size >= 1, f"data.batch_size={d.batch_size!r}: must be an integer >= 1.")
     check(
-        _is_int(d.batch_size) and d.batch_size >= 1,
-        f"data.batch_size={d.batch_size!r}: must be an integer >= 1.",
-    )
-    check(
-        d.train_size is None or (_is_int(d.train_size) and d.train_size >= 1),
+        d.train_size is None or d.train_size >= 1,
         f"data.train_size={d.train_size!r}: must be null (all) or an integer >= 1.",
     )
     check(
-        d.get("subset_seed") is None or _is_int(d.subset_seed),
-        f"data.subset_seed={d.get('subset_seed')!r}: must be an integer (which stratified "
-        f"subset data.train_size takes) or null (the first data.train_size images).",
-    )
-    check(
-        _is_int(d.val_size) and d.val_size >= 1,
+        d.val_size >= 1,
         f"data.val_size={d.val_size!r}: must be an integer >= 1 (validation drives early "
         f"stopping and the best checkpoint).",
     )
@@ -237,15 +257,12 @@ def validate(cfg: DictConfig) -> None:
         f"data.normalize={d.normalize!r}: must be unit, none or standard.",
     )
     check(
-        _is_number(d.test_noise_std) and d.test_noise_std >= 0,
+        math.isfinite(d.test_noise_std) and d.test_noise_std >= 0,
         f"data.test_noise_std={d.test_noise_std!r}: must be a number >= 0 (0 = off).",
     )
 
     t = cfg.trainer
-    check(
-        _is_int(t.max_epochs) and t.max_epochs >= 1,
-        f"trainer.max_epochs={t.max_epochs!r}: must be an integer >= 1.",
-    )
+    check(t.max_epochs >= 1, f"trainer.max_epochs={t.max_epochs!r}: must be an integer >= 1.")
     try:
         device = resolve_device(t.device)
     except ConfigError as err:
@@ -261,7 +278,7 @@ def validate(cfg: DictConfig) -> None:
         f"trainer.precision={t.precision!r}: must be 32 or bf16.",
     )
     check(
-        t.grad_clip is None or (_is_number(t.grad_clip) and t.grad_clip > 0),
+        t.grad_clip is None or (math.isfinite(t.grad_clip) and t.grad_clip > 0),
         f"trainer.grad_clip={t.grad_clip!r}: must be null (off) or a number > 0.",
     )
     check(
@@ -269,22 +286,14 @@ def validate(cfg: DictConfig) -> None:
         f"trainer.cuda_graphs={t.cuda_graphs!r}: must be auto, true or false.",
     )
     check(
-        isinstance(t.tf32, bool),
-        f"trainer.tf32={t.tf32!r}: must be true or false.",
-    )
-    check(
-        t.num_threads is None or (_is_int(t.num_threads) and t.num_threads >= 1),
+        t.num_threads is None or t.num_threads >= 1,
         f"trainer.num_threads={t.num_threads!r}: must be null (torch's default) or an "
         f"integer >= 1.",
     )
     check(
-        _is_int(t.checkpoint_every) and t.checkpoint_every >= 1,
+        t.checkpoint_every >= 1,
         f"trainer.checkpoint_every={t.checkpoint_every!r}: must be an integer >= 1 (1: every "
         f"epoch).",
-    )
-    check(
-        isinstance(t.flush_denormal, bool),
-        f"trainer.flush_denormal={t.flush_denormal!r}: must be true or false.",
     )
     es = t.early_stopping
     check(
@@ -307,16 +316,12 @@ def validate(cfg: DictConfig) -> None:
                 f"Drop mode (it follows the metric) or use mode={implied}."
             )
     check(
-        es.patience is None or (_is_int(es.patience) and es.patience >= 1),
+        es.patience is None or es.patience >= 1,
         f"trainer.early_stopping.patience={es.patience!r}: must be null (off) or an integer >= 1.",
     )
     check(
-        _is_number(es.min_delta) and es.min_delta >= 0,
+        math.isfinite(es.min_delta) and es.min_delta >= 0,
         f"trainer.early_stopping.min_delta={es.min_delta!r}: must be a number >= 0.",
-    )
-    check(
-        isinstance(es.restore_best, bool),
-        f"trainer.early_stopping.restore_best={es.restore_best!r}: must be true or false.",
     )
 
     problems = [p for p in problems if p]

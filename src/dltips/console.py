@@ -17,10 +17,12 @@ from torch import nn
 from dltips.config import CONF_DIR
 from dltips.data import DataSplits
 from dltips.resume import flatten
+from dltips.schema import keys_where
 
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it
 
-NOT_SETTINGS = ("lecture",)  # a lecture preset's description for the report, not a setting
+# a preset's description for the report (lecture), not a setting
+NOT_SETTINGS = tuple(k.rstrip(".") for k in keys_where("description"))
 
 
 @lru_cache(maxsize=1)  # once per process: a batched group prints this line for every run

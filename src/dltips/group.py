@@ -18,29 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from dltips.checkpoint import load_checkpoint
 from dltips.config import resolve_device
 from dltips.resume import flatten
+from dltips.schema import keys_where
 
 log = logging.getLogger(__name__)
 
 # settings (or prefixes ending in ".") that may differ between the runs of one group
-PER_RUN = (
-    "seed",
-    "data.subset_seed",
-    "optim.lr",
-    "optim.weight_decay",
-    "optim.momentum",
-    "optim.betas",
-    "optim.alpha",
-    "optim.eps",
-    "model.dropout",
-    "model.init",
-    "loss.l1",
-    "trainer.grad_clip",
-    "trainer.early_stopping.",
-    "data.test_noise_std",
-    "trainer.resume",  # the epoch a resumed run starts from goes into the key instead
-    "sweep.resume",
-    "lecture.",  # a lecture preset's description, read by the report only
-)
+PER_RUN = keys_where("per_run")
 
 
 # on the CPU, networks with more parameters train one by one (see cpu_too_large)

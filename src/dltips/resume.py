@@ -16,29 +16,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dltips.errors import CheckpointError
+from dltips.schema import keys_where
 
 log = logging.getLogger(__name__)
 
 # keys (or key prefixes ending in ".") that may change when a run continues
-RESUMABLE = (
-    "trainer.max_epochs",
-    "trainer.device",
-    "trainer.num_threads",
-    "trainer.flush_denormal",
-    "trainer.checkpoint_every",
-    "trainer.resume",
-    "trainer.early_stopping.patience",
-    "trainer.early_stopping.min_delta",
-    "trainer.early_stopping.restore_best",
-    "trainer.early_stopping.mode",  # the same monitor implies the same direction
-    "data.root",  # where the files are, not what they are
-    "data.download",
-    "sweep.resume",
-    "lecture.",  # a preset's description (its published numbers), not a setting
-)
+RESUMABLE = keys_where("resumable")
 # the RESUMABLE settings that change a run's results: a run resumed with another value is
 # labelled with it (metrics.json "resumed_with"), so no summary pools it with runs without
-DEFINES_RESULTS = ("trainer.max_epochs", "trainer.early_stopping.")
+DEFINES_RESULTS = keys_where("defines_results")
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:

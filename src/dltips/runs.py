@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from dltips.early_stopping import metric_mode
+from dltips.schema import keys_where
 
 if TYPE_CHECKING:  # pandas takes ~0.3 s to import: only the tables below need it
     import pandas as pd
@@ -29,7 +30,7 @@ STATUSES = ("completed", "stopped early", "diverged", "pruned", "failed", "unfin
 USABLE = ("completed", "stopped early")
 DONE = (*USABLE, "diverged", "pruned")  # statuses a resumed sweep does not run again
 # overrides that say how to run, not what: never a column of the summary
-NOT_SETTINGS = ("trainer.resume", "sweep.resume", "trainer.device", "trainer.num_threads")
+NOT_SETTINGS = keys_where("shown", False)
 # what train() writes into metrics.json, by type (a failed job writes only status and error)
 NUMBER_KEYS = (*METRIC_COLUMNS, "wall_seconds", "seconds_per_epoch")  # or null
 INTEGER_KEYS = ("best_epoch", "epochs_trained")

@@ -29,6 +29,7 @@ from tensorboard.plugins.hparams import summary_v2 as hp  # `hparams.api` withou
 from torch.utils.tensorboard import SummaryWriter
 
 from dltips.runs import USABLE, recorded_overrides, settings_of
+from dltips.schema import hparams, nodes
 
 log = logging.getLogger(__name__)
 
@@ -179,32 +180,15 @@ def _short(target: str) -> str:
 
 
 def key_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The run's main hyperparameters as flat str/int/float/bool values for the HParams tab."""
-    width = cfg.model.width
-    values = {
-        "model/activation": _short(cfg.model.activation._target_),
-        "model/depth": cfg.model.depth,
-        "model/width": str(list(width)) if isinstance(width, ListConfig) else width,
-        "model/dropout": cfg.model.dropout,
-        "model/init": cfg.model.init,
-        "optim": _short(cfg.optim._target_),
-        "optim/lr": cfg.optim.lr,
-        "optim/weight_decay": cfg.optim.get("weight_decay", 0.0),
-        "optim/momentum": cfg.optim.get("momentum", 0.0),
-        "optim/nesterov": cfg.optim.get("nesterov", False),
-        "loss": _short(cfg.loss.criterion._target_),
-        "loss/l1": cfg.loss.l1,
-        "data": cfg.data.name,
-        "data/batch_size": cfg.data.batch_size,
-        "data/train_size": cfg.data.train_size,
-        "data/subset_seed": cfg.data.get("subset_seed"),
-        "data/normalize": cfg.data.normalize,
-        "data/test_noise_std": cfg.data.test_noise_std,
-        "trainer/max_epochs": cfg.trainer.max_epochs,
-        "trainer/patience": cfg.trainer.early_stopping.patience,
-        "trainer/precision": str(cfg.trainer.precision),
-        "seed": cfg.seed,
-    }
+    """The run's main hyperparameters (the schema's `hparam` keys) as flat str/int/float/bool
+    values for the HParams tab: a class by its name, a list as its text."""
+    defaults = {key: f.default for key, f in nodes()}  # optim keys its class lacks
+    values = {}
+    for name, key in hparams().items():
+        value = OmegaConf.select(cfg, key, default=defaults[key])
+        if isinstance(value, DictConfig) or key.endswith("._target_"):
+            value = _short(value._target_ if isinstance(value, DictConfig) else value)
+        values[name] = str(list(value)) if isinstance(value, ListConfig) else value
     # the HParams plugin takes only str, int, float and bool
     return {k: "none" if v is None else v for k, v in values.items()}
 

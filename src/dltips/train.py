@@ -43,6 +43,7 @@ from dltips.models import layer_names
 from dltips.pruning import TrialPruning
 from dltips.resume import check_same_run, override_arg, resumed_with, rng_state
 from dltips.runs import finished_metrics, run_status
+from dltips.schema import keys_where
 from dltips.signals import catch_stop_signals
 from dltips.stacked import MemberOptimizer, StackedMLP, member_losses
 from dltips.step import (
@@ -60,7 +61,7 @@ from dltips.tensorboard_log import STATUS, key_hparams, log_epoch, log_hparams, 
 log = logging.getLogger(__name__)
 # optim keys that build the optimizer rather than set a run's hyperparameters: given to the
 # constructor (fitted to the device by device_options), never per param group
-OPTIMIZER_WIDE = ("_target_", "_partial_", "fused", "foreach", "capturable", "differentiable")
+OPTIMIZER_WIDE = tuple(k.removeprefix("optim.") for k in keys_where("optimizer_wide"))
 
 
 def evaluate(
