@@ -15,8 +15,9 @@ from dltips.checkpoint import load_checkpoint
 from dltips.data import load_dataset
 from dltips.group import cpu_too_large, group_jobs, group_key, memory_cap, num_params
 from dltips.models import build_mlp
+from dltips.run import Job
 from dltips.stacked import MemberOptimizer, StackedLinear, StackedMLP, member_losses
-from dltips.train import Job, train, train_group
+from dltips.train import train, train_group
 
 SMALL = ["model.width=32", "trainer.max_epochs=3", "trainer.early_stopping.patience=null"]
 TIMINGS = ("wall_seconds", "seconds_per_epoch", "epoch_seconds", "batch", "num_threads")
