@@ -47,13 +47,15 @@ OPTIMIZER_WIDE = ("_target_", "_partial_", "fused", "foreach", "capturable", "di
 
 @dataclass
 class Job:
-    """One run to train: its config, its dir, the override that continues it, its log."""
+    """One run to train: its config, its dir, the override that continues it, its log, and
+    the overrides it was given (what its config line shows)."""
 
     cfg: DictConfig
     run_dir: Path
     resume_hint: str | None = None  # default: trainer.resume=<run dir>
     log: logging.Logger = log
     pruning: TrialPruning | None = None  # a trial of an Optuna search that may be pruned
+    overrides: list[str] | None = None  # the command's (hydra.overrides.task); None: Python
 
 
 # marks a log line that every run of a batched group logs alike (its data, its network):
@@ -102,7 +104,7 @@ class Run:
         self.resumed_with = resumed_with(self.resumed, cfg) if self.resumed else {}
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume_hint = job.resume_hint or override_arg("trainer.resume", self.run_dir)
-        self.pruning = job.pruning
+        self.pruning, self.overrides = job.pruning, job.overrides
 
         # data: the group's decoded data set, split, and moved to the device in one go
         torch.manual_seed(cfg.seed)
@@ -207,7 +209,7 @@ class Run:
 
     def open(self) -> None:
         """Log the setup, save epoch 0 (a new run) and open the TensorBoard writer."""
-        self.log.info(config_line(self.cfg, self.run_dir))
+        self.log.info(config_line(self.overrides, self.run_dir))
         data = data_line(self.cfg.data, self.data)
         self.log.info(data, extra=SAME_IN_GROUP)
         self.log.info(model_line(self.model, str(self.device)), extra=SAME_IN_GROUP)

@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> float:
     try:
         check_not_a_sweep(hc)
         configure_process(cfg)
-        return objective(train(cfg, run_dir), cfg)
+        return objective(train(cfg, run_dir, overrides=list(hc.overrides.task)), cfg)
     except Interrupted as err:  # already logged, with the command that continues the run
         raise SystemExit(128 + err.signum) from None
     except UserError as err:
@@ -128,7 +128,8 @@ def prepare_job(
     elif holds_a_run(run_dir):
         raise SystemExit(f"error: {run_dir} already holds a run; resume the sweep instead.")
     pruning = TrialPruning.from_hydra(HydraConfig.get())  # None unless an Optuna search prunes
-    return Job(cfg, run_dir, override_arg("sweep.resume", sweep_dir), pruning=pruning)
+    hint = override_arg("sweep.resume", sweep_dir)
+    return Job(cfg, run_dir, hint, pruning=pruning, overrides=overrides)
 
 
 def train_jobs(jobs: list[Job]) -> list[float]:

@@ -42,13 +42,19 @@ from dltips.step import (
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    resume_hint: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
     """Train the configured network; write checkpoints, TensorBoard events and metrics.json.
 
     `resume_hint` is the override that continues this run after an interruption (in a
-    sweep, `sweep.resume=<sweep dir>`); by default `trainer.resume=<run dir>`.
+    sweep, `sweep.resume=<sweep dir>`); by default `trainer.resume=<run dir>`. `overrides`
+    are the command line's (its config line shows them); None when called from Python.
     """
-    return train_group([Job(cfg, Path(run_dir), resume_hint)])[0]
+    return train_group([Job(cfg, Path(run_dir), resume_hint, overrides=overrides)])[0]
 
 
 def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
