@@ -104,6 +104,7 @@ def dltips_epochs(
     on CUDA eager or with the epoch replayed as one CUDA graph."""
     from hydra import compose, initialize_config_dir
 
+    from dltips.process import configure_process
     from dltips.train import train
 
     overrides = [
@@ -125,6 +126,7 @@ def dltips_epochs(
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
+    configure_process(cfg)  # as scripts/train.py does: threads, denormals, malloc
     return train(cfg, out)["epoch_seconds"]
 
 
@@ -187,7 +189,9 @@ def batched_vs_sequential(
     both eager and as CUDA graphs (a group always steps eagerly)."""
     from hydra import compose, initialize_config_dir
 
-    from dltips.train import Job, train, train_group
+    from dltips.process import configure_process
+    from dltips.run import Job
+    from dltips.train import train, train_group
 
     overrides = [
         "data=mnist_5k",
@@ -204,6 +208,7 @@ def batched_vs_sequential(
             compose("train", overrides=[*overrides, f"seed={k}", "trainer.cuda_graphs=false"])
             for k in range(len(solo))
         ]
+    configure_process(cfgs[0])  # as scripts/train.py does: threads, denormals, malloc
     train(cfgs[0], out / "warmup")  # the data cache and lazy imports, before timing
 
     def rate(configs: list, name: str) -> float:

@@ -36,6 +36,15 @@ def data_root(tmp_path_factory) -> Path:
         os.environ["DLTIPS_DATA_DIR"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def process_settings() -> None:
+    """The process-wide settings scripts/train.py makes before a run of the defaults
+    (denormals flushed, malloc's heap): train() called in-process leaves them as they are."""
+    from dltips.process import configure_process
+
+    configure_process(make_cfg())
+
+
 def make_cfg(*overrides: str, tiny: bool = True) -> DictConfig:
     """The train config with `overrides` (after the TINY ones), as scripts/train.py sees it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

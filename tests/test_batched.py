@@ -15,8 +15,9 @@ from dltips.checkpoint import load_checkpoint
 from dltips.data import load_dataset
 from dltips.group import cpu_too_large, group_jobs, group_key, memory_cap, num_params
 from dltips.models import build_mlp
+from dltips.run import Job
 from dltips.stacked import MemberOptimizer, StackedLinear, StackedMLP, member_losses
-from dltips.train import Job, train, train_group
+from dltips.train import train, train_group
 
 SMALL = ["model.width=32", "trainer.max_epochs=3", "trainer.early_stopping.patience=null"]
 TIMINGS = ("wall_seconds", "seconds_per_epoch", "epoch_seconds", "batch", "num_threads")
@@ -214,7 +215,7 @@ def test_batched_sweep_through_the_cli(tmp_path):
     assert output.count("Training 3 runs together as one batched model") == 2
     assert output.count("Data mnist_5k:") == 2
     assert output.count("Config:") == 6
-    # each job's config line names its own group choice (read from its .hydra/hydra.yaml)
+    # each job's config line names its own group choice (its own overrides)
     configs = [re.search(rf"job{j}\]\[INFO\] - Config: (.*)", output)[1] for j in range(6)]
     assert ["model=sigmoid" in c.split() for c in configs] == [True] * 3 + [False] * 3
     firsts = [output.index(f"[dltips.train.job{j}][INFO] - epoch 1/3") for j in range(6)]

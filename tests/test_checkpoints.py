@@ -14,7 +14,8 @@ import torch
 from conftest import ROOT, make_cfg, run_script
 from dltips.checkpoint import load_checkpoint
 from dltips.errors import CheckpointError
-from dltips.train import Job, train, train_group
+from dltips.run import Job
+from dltips.train import train, train_group
 
 TIMINGS = ("wall_seconds", "seconds_per_epoch", "epoch_seconds")
 
@@ -195,16 +196,16 @@ EVERY = ["trainer.max_epochs=7", "trainer.early_stopping.patience=null"]
 
 def saves_recorded(monkeypatch) -> list[tuple[str, int, str | None]]:
     """(file, epoch, linked file) of every checkpoint train() writes from now on."""
-    import dltips.train
+    import dltips.run
 
     saves = []
-    save = dltips.train.atomic_save
+    save = dltips.run.atomic_save
 
     def recording(obj, path, also=None):
         saves.append((Path(path).name, obj["epoch"], also and Path(also).name))
         save(obj, path, also)
 
-    monkeypatch.setattr(dltips.train, "atomic_save", recording)
+    monkeypatch.setattr(dltips.run, "atomic_save", recording)
     return saves
 
 
@@ -227,9 +228,9 @@ def test_checkpoint_every_n_a_diverged_run_still_reports_its_last_completed_epoc
 ):
     # the loss turns non-finite in epoch 5: the reported weights are epoch 4's, which with
     # checkpoint_every=3 were only in memory when it diverged
-    import dltips.train
+    from dltips.step import TrainStep
 
-    read = dltips.train.TrainStep.read
+    read = TrainStep.read
 
     def diverging_in_epoch_5(step, sizes):
         sums = read(step, sizes)
@@ -238,7 +239,7 @@ def test_checkpoint_every_n_a_diverged_run_still_reports_its_last_completed_epoc
             sums = [replace(s, first_bad_step=2, bad_loss=float("nan")) for s in sums]
         return sums
 
-    monkeypatch.setattr(dltips.train.TrainStep, "read", diverging_in_epoch_5)
+    monkeypatch.setattr(TrainStep, "read", diverging_in_epoch_5)
     common = [*EVERY, "trainer.early_stopping.restore_best=false"]
     every_epoch = train(make_cfg(*common), tmp_path / "1")
     sparse = train(make_cfg(*common, "trainer.checkpoint_every=3"), tmp_path / "3")

@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, CPU_ONLY, ROOT, TINY_CLI, make_cfg, run_script
-from dltips.console import config_changes, data_line
+from dltips.console import config_line, data_line
 from dltips.data import load_dataset
 
 pytestmark = pytest.mark.slow
@@ -76,13 +76,9 @@ def test_start_shows_what_differs_the_data_and_the_model_and_a_bar_only_on_a_ter
     assert "batch/s" not in output and "%|" not in output
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     full = run_dir.relative_to(tmp_path) / ".hydra" / "config.yaml"
-    # only what differs from the defaults: what the preset and the command change
-    preset = OmegaConf.load(CONF_DIR / "experiment" / "quick.yaml")
-    assert preset.model.depth != make_cfg(tiny=False).model.depth
-    changes = (
-        f"experiment=quick model.depth={preset.model.depth} model.width=32 trainer.max_epochs=2"
-    )
-    assert f"Config: {changes}  (the rest as default; full config: {full})" in output
+    # the overrides the command gave, as typed (the preset's own values: the full config)
+    changes = "experiment=quick model.width=32 trainer.max_epochs=2"
+    assert f"Config: {changes}  (full config: {full})" in output
     assert (tmp_path / full).is_file()
     assert "Sequential(" not in output  # no module printout
     cfg = make_cfg()
@@ -106,14 +102,13 @@ def test_data_line_says_which_subset_and_its_class_counts():
     assert "200 train (the first N, 0-200 per class)" in line  # the class-sorted digits
 
 
-def test_config_line_lists_only_what_differs_from_the_defaults(tmp_path):
-    assert config_changes(make_cfg(tiny=False), tmp_path) == []
-    cfg = make_cfg("model.depth=3", "+optim.amsgrad=true", "~model.dropout", tiny=False)
-    assert config_changes(cfg, tmp_path) == [
-        "model.depth=3",
-        "+optim.amsgrad=true",
-        "~model.dropout",
-    ]
+def test_config_line_shows_the_given_overrides_as_typed(tmp_path):
+    assert config_line([], tmp_path) == "Config: the defaults"
+    assert config_line(None, tmp_path) == "Config: as given to train()"
+    given = ["model.depth=3", "+optim.amsgrad=true", "~model.dropout", "data.root=a b"]
+    assert config_line(given, tmp_path) == (
+        "Config: model.depth=3 +optim.amsgrad=true '~model.dropout' 'data.root=a b'"
+    )
 
 
 def sweep_size(preset: str) -> int:
@@ -150,7 +145,8 @@ def test_one_setting_of_a_sweep_preset_trains_alone(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert "Config: experiment=tips/depth optim=sgd model.depth=1 model.width=32" in result.stdout
+    given = "experiment=tips/depth model=relu model.depth=1 data=mnist_5k data.train_size=null"
+    assert f"Config: {given} {' '.join(TINY_CLI)}" in result.stdout
 
 
 def test_help_lists_the_groups_their_options_and_examples(tmp_path):

@@ -17,7 +17,8 @@ from PIL import Image
 
 from conftest import FASHION_DIR, ROOT, file_digests, make_cfg, run_script
 from dltips.data import load_dataset, read_cached
-from dltips.train import Job, train, train_group
+from dltips.run import Job
+from dltips.train import train, train_group
 
 pytestmark = pytest.mark.slow
 

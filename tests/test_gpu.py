@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import cuda, make_cfg
+from dltips.run import Job
 from dltips.step import GraphedEpoch, TrainStep
-from dltips.train import Job, train, train_group
+from dltips.train import train, train_group
 
 pytestmark = cuda
 CUDA = ["trainer.device=cuda", "trainer.early_stopping.patience=null"]

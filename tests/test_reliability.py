@@ -21,8 +21,9 @@ from dltips.checkpoint import load_checkpoint, sole_writer
 from dltips.data import load_dataset
 from dltips.errors import CheckpointError, OutputError
 from dltips.resume import override_arg
+from dltips.run import Job
 from dltips.task import train_jobs
-from dltips.train import Job, train
+from dltips.train import train
 
 # small epochs of many steps: checkpoints are written several times a second
 FAST_EPOCHS = [

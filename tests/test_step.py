@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from conftest import make_cfg
 from dltips.data import load_dataset
 from dltips.models import build_mlp
+from dltips.run import OPTIMIZER_WIDE
 from dltips.stacked import StackedMLP, member_losses
 from dltips.step import (
     Rewind,
@@ -20,7 +21,7 @@ from dltips.step import (
     run_epoch,
     supports_capture,
 )
-from dltips.train import OPTIMIZER_WIDE, train
+from dltips.train import train
 
 
 def build(*overrides: str):

@@ -226,7 +226,7 @@ def test_on_the_cpu_freed_memory_is_reused_without_page_faults():
     # back to the OS, and every page is faulted in again on the next step
     code = """
 import resource, torch
-from dltips.train import keep_freed_memory
+from dltips.process import keep_freed_memory
 keep_freed_memory()
 def churn():  # 20 MiB each, written; 64 MiB, more than glibc ever keeps by default
     a, b, c = torch.ones(5 << 20), torch.ones(5 << 20), torch.ones(16 << 20)

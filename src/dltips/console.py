@@ -1,93 +1,15 @@
-"""What a run prints when it starts: what its config changes, its data and its model, each
-in one line (the full config is in the run's .hydra/config.yaml)."""
+"""What a run prints when it starts: the overrides it was given, its data and its model,
+each in one line (the full config is in the run's .hydra/config.yaml)."""
 
-import json
 import os
-from functools import lru_cache
+import shlex
 from pathlib import Path
-from typing import Any
 
-import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from dltips.config import CONF_DIR
 from dltips.data import DataSplits
-from dltips.resume import flatten
-from dltips.schema import keys_where
-
-SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it
-
-# a preset's description for the report (lecture), not a setting
-NOT_SETTINGS = tuple(k.rstrip(".") for k in keys_where("description"))
-
-
-@lru_cache(maxsize=1)  # once per process: a batched group prints this line for every run
-def default_choices() -> dict[str, str | None]:
-    """The option train.yaml's defaults list picks in each group: {'model': 'relu', ...}."""
-    train = OmegaConf.load(CONF_DIR / "train.yaml")
-    entries = [(k, v) for d in train.defaults if isinstance(d, DictConfig) for k, v in d.items()]
-    return {k: v for k, v in entries if "/" not in k}  # not `override hydra/...`
-
-
-@lru_cache(maxsize=32)
-def _composed(overrides: tuple[str, ...]) -> dict[str, Any]:
-    """The train config with only these group choices, resolved (composing takes ~0.3 s)."""
-    if GlobalHydra.instance().is_initialized():  # inside scripts/train.py: its own conf/
-        cfg = compose("train", overrides=list(overrides))
-    else:  # train() called from Python
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def run_choices(run_dir: Path) -> dict[str, str | None] | None:
-    """The option each config group got in this run (hydra.runtime.choices), from the run's
-    .hydra/hydra.yaml (each job of a batched group has its own) or the running Hydra job."""
-    recorded = Path(run_dir) / ".hydra" / "hydra.yaml"
-    if recorded.is_file():  # plain YAML that Hydra wrote: libyaml reads it in 1 ms, not 20
-        with open(recorded, encoding="utf-8") as f:
-            return dict(yaml.load(f, Loader=SafeLoader)["hydra"]["runtime"]["choices"])
-    if HydraConfig.initialized():
-        return dict(HydraConfig.get().runtime.choices)
-    return None
-
-
-def _show(value: Any) -> str:
-    """A value as it would be written on the command line."""
-    if isinstance(value, str):
-        return json.dumps(value) if not value or " " in value else value
-    return json.dumps(value, separators=(",", ":"))
-
-
-def config_changes(cfg: DictConfig, run_dir: Path) -> list[str]:
-    """What differs from the defaults, as overrides: the group options first (model=sigmoid),
-    then each setting that differs from those options' own values (model.depth=4), which
-    is also everything an experiment preset sets."""
-    choices, defaults = run_choices(run_dir), default_choices()
-    groups = [] if choices is None else [g for g in defaults if choices.get(g) != defaults[g]]
-    # presets (experiment=..., groups that are no key of the config) first; the base has
-    # only the other groups' options, so that what a preset sets is shown
-    groups.sort(key=lambda g: g in cfg)
-    try:
-        base = _composed(tuple(f"{g}={choices[g]}" for g in groups if g in cfg))
-    except Exception:  # conf/ not found (train() called from another Hydra app)
-        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    old, new = (
-        {k: v for k, v in flatten(c).items() if k.split(".")[0] not in NOT_SETTINGS}
-        for c in (base, OmegaConf.to_container(cfg, resolve=True))
-    )
-    changes = [f"{g}={choices[g]}" for g in groups]
-    for key in new:
-        if key not in old:
-            changes.append(f"+{key}={_show(new[key])}")
-        elif new[key] != old[key]:
-            changes.append(f"{key}={_show(new[key])}")
-    changes += [f"~{key}" for key in old if key not in new]
-    return changes
 
 
 def shown_path(path: Path) -> str:
@@ -97,14 +19,19 @@ def shown_path(path: Path) -> str:
     return str(path.relative_to(start)) if path.is_relative_to(start) else str(path)
 
 
-def config_line(cfg: DictConfig, run_dir: Path) -> str:
-    """'Config: model=sigmoid model.depth=4 (...; full config: <run>/.hydra/config.yaml)'."""
-    changes = config_changes(cfg, run_dir)
+def config_line(overrides: list[str] | None, run_dir: Path) -> str:
+    """'Config: experiment=quick model.width=32  (full config: <run>/.hydra/config.yaml)':
+    the overrides the command gave this run (Hydra's hydra.overrides.task), as typed; None
+    for a run that train() was given from Python."""
     full = Path(run_dir) / ".hydra" / "config.yaml"
-    where = f"; full config: {shown_path(full)}" if full.is_file() else ""
-    if not changes:
-        return f"Config: the defaults{f' ({where[2:]})' if where else ''}"
-    return f"Config: {' '.join(changes)}  (the rest as default{where})"
+    where = f"full config: {shown_path(full)}" if full.is_file() else ""
+    if overrides is None:
+        given = "as given to train()"
+    elif not overrides:
+        given = "the defaults"
+    else:
+        return f"Config: {shlex.join(overrides)}" + (f"  ({where})" if where else "")
+    return f"Config: {given}" + (f" ({where})" if where else "")
 
 
 def data_line(cfg: DictConfig, data: DataSplits) -> str:

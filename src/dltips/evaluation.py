@@ -26,8 +26,8 @@ from dltips.data import load_dataset
 from dltips.errors import CheckpointError, ConfigError, DataError, UserError
 from dltips.preflight import PreflightError, check_writable, claim_clock_named_dir, holds_a_run
 from dltips.runs import BadMetrics, read_metrics
+from dltips.step import evaluate
 from dltips.task import remove_unstarted
-from dltips.train import evaluate
 
 log = logging.getLogger(__name__)
 SPLITS = ("test", "val", "train")

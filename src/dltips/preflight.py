@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -126,19 +125,28 @@ def holds_a_run(folder: Path) -> bool:
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
-    """Each job's overrides, in job order, as Hydra's grid sweeper will launch them; None
-    when another sweeper decides the jobs."""
+    """Each job's overrides, in job order, as Hydra's grid sweeper will launch them: the
+    product of the swept values, the sweeper's params first, then the command's overrides
+    (a key given again keeps its place and takes the later value). None when another
+    sweeper decides the jobs, or for a sweep the grid sweeper refuses (Hydra reports it)."""
     sweeper = config.hydra.sweeper
     if sweeper.get("_target_") != BASIC_SWEEPER:
         return None
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     arguments = params + list(config.hydra.overrides.task)
+    grid: dict[str, list[str]] = {}
     try:
-        overrides = OverridesParser.create().parse_overrides(arguments)
-        (jobs,) = BasicSweeper.split_arguments(overrides, None)
+        for override in OverridesParser.create().parse_overrides(arguments):
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                grid[key] = [f"{key}={override.get_value_element_as_str()}"]
+            elif override.is_discrete_sweep():
+                grid[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+            else:  # interval(): the grid sweeper refuses it
+                return None
     except Exception:  # e.g. glob(): Hydra itself reports those; each job still checks itself
         return None
-    return jobs
+    return [list(job) for job in itertools.product(*grid.values())]
 
 
 class StartChecks(Callback):

@@ -15,6 +15,7 @@ K = 1 it trains the plain model and its own parameters, exactly as a single run 
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from inspect import signature
 
 import torch
@@ -338,3 +339,49 @@ class GraphedEpoch:
         self.perm.copy_(torch.randperm(len(self.y), generator=self.generator, device=self.y.device))
         self.graph.replay()
         return self.sizes
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion: nn.Module,
+    bf16: bool,
+    chunk: int = 10_000,
+) -> tuple[float, float]:
+    """(mean loss, accuracy) of `model` in eval mode over all of x, y."""
+    model.eval()
+    return _loss_and_accuracy(model, criterion, x, y, bf16, chunk)[0]
+
+
+def evaluate_stacked(
+    stack: StackedMLP,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criteria: list[nn.Module],
+    bf16: bool,
+    chunk: int = 40_000,
+) -> list[tuple[float, float]]:
+    """Each member's (mean loss, accuracy) over (K, N, features) inputs x and (K, N)
+    labels y: what `evaluate` gives for each member's model, in one pass and one sync."""
+    rows = max(1, chunk // len(y))  # about `chunk` samples of all members at a time
+    losses = partial(member_losses, criteria)
+    return _loss_and_accuracy(stack.forward, losses, x, y, bf16, rows)
+
+
+@torch.no_grad()
+def _loss_and_accuracy(forward, loss_of, x, y, bf16: bool, rows: int) -> list[tuple[float, float]]:
+    """(mean loss, accuracy) over all of x, y, `rows` samples at a time, read in one sync:
+    of one model (x (N, features), y (N,)) or of each of K members (x (K, N, features),
+    y (K, N)). `loss_of(logits, y)` is the mean loss of a chunk (per member: (K,))."""
+    n = y.shape[-1]
+    loss_sum = torch.zeros(y.shape[:-1], device=x.device)
+    correct = torch.zeros(y.shape[:-1], device=x.device, dtype=torch.long)
+    for i in range(0, n, rows):
+        xb, yb = x[..., i : i + rows, :], y[..., i : i + rows]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = forward(xb)
+            loss_sum += loss_of(logits, yb).float() * yb.shape[-1]
+        correct += (logits.argmax(dim=-1) == yb).sum(dim=-1)
+    packed = torch.stack([loss_sum / n, correct.to(loss_sum.dtype)], dim=-1)
+    return [(loss, right / n) for loss, right in packed.view(-1, 2).tolist()]  # the sync

@@ -19,11 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from dltips.errors import ConfigError, Interrupted, RunInUse, UserError
 from dltips.preflight import check_same_job, holds_a_run, sweep_jobs
+from dltips.process import configure_process
 from dltips.pruning import TrialPruning
 from dltips.resume import override_arg
+from dltips.run import Job
 from dltips.runs import finished_metrics
 from dltips.sweep import record_failure, threads_per_job
-from dltips.train import Job, train, train_group
+from dltips.train import train, train_group
 
 log = logging.getLogger("dltips")
 STARTED = time.time()  # files of this invocation are newer
@@ -47,7 +49,8 @@ def run(cfg: DictConfig) -> float:
         return sweep_job(cfg, run_dir, Path(hc.sweep.dir), list(hc.overrides.task))
     try:
         check_not_a_sweep(hc)
-        return objective(train(cfg, run_dir), cfg)
+        configure_process(cfg)
+        return objective(train(cfg, run_dir, overrides=list(hc.overrides.task)), cfg)
     except Interrupted as err:  # already logged, with the command that continues the run
         raise SystemExit(128 + err.signum) from None
     except UserError as err:
@@ -112,7 +115,7 @@ def prepare_job(
     """What a sweep job needs before training: its Job, or its objective if there is
     nothing to train (finished before, or failed now)."""
     threads = threads_per_job(HydraConfig.get().launcher.get("n_jobs"))
-    if threads and not cfg.trainer.num_threads:  # train() applies an explicit setting
+    if threads and not cfg.trainer.num_threads:  # configure_process applies an explicit one
         torch.set_num_threads(threads)
     if cfg.sweep.resume:
         check_same_job(run_dir, overrides, sweep_dir)  # also checked before launch
@@ -125,13 +128,15 @@ def prepare_job(
     elif holds_a_run(run_dir):
         raise SystemExit(f"error: {run_dir} already holds a run; resume the sweep instead.")
     pruning = TrialPruning.from_hydra(HydraConfig.get())  # None unless an Optuna search prunes
-    return Job(cfg, run_dir, override_arg("sweep.resume", sweep_dir), pruning=pruning)
+    hint = override_arg("sweep.resume", sweep_dir)
+    return Job(cfg, run_dir, hint, pruning=pruning, overrides=overrides)
 
 
 def train_jobs(jobs: list[Job]) -> list[float]:
     """Train sweep jobs (together when there are several); each one's objective. A failure
     is recorded in each job's metrics.json and the sweep goes on."""
     try:
+        configure_process(jobs[0].cfg)  # a group's runs share these settings (dltips.group)
         results = train_group(jobs)
     except Interrupted as err:  # stops the sweep too: the user asked for it (already logged)
         raise SystemExit(128 + err.signum) from None

@@ -113,8 +113,8 @@ class BatchedLauncher(Launcher):
             group_key,
             memory_cap,
         )
+        from dltips.run import Job
         from dltips.task import train_jobs
-        from dltips.train import Job
 
         # 1. set every job up as the basic launcher runs it, with the task's prepare_job in
         # place of the task: nothing trains yet, so Hydra's callbacks wait for the training
