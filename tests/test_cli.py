@@ -1,4 +1,5 @@
-"""scripts/train.py as a user runs it: in a subprocess, from a project-like folder."""
+"""scripts/train.py as a user runs it, from a project-like folder: in this process (run_cli)
+where only the arguments and outputs matter, in a subprocess where start-up is the point."""
 
 import json
 import re
@@ -8,13 +9,11 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY_CLI, run_script
-
-pytestmark = pytest.mark.slow
+from conftest import ROOT, TINY_CLI, run_cli, run_script
 
 
 def test_single_run_prints_accuracies_and_writes_its_outputs(tmp_path):
-    result = run_script("train.py", "model=relu", "optim=adam", *TINY_CLI, cwd=tmp_path)
+    result = run_cli("train.py", "model=relu", "optim=adam", *TINY_CLI, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert "train/acc" in output and "val/acc" in output and "test/acc" in output
@@ -27,8 +26,9 @@ def test_single_run_prints_accuracies_and_writes_its_outputs(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_multirun_grid_makes_one_dir_per_job(tmp_path):
-    result = run_script(
+    result = run_cli(
         "train.py", "-m", "model=sigmoid,relu", "optim=sgd,adam", *TINY_CLI, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -58,7 +58,7 @@ def test_multirun_grid_makes_one_dir_per_job(tmp_path):
     ],
 )
 def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, overrides, message):
-    result = run_script("train.py", *TINY_CLI, *overrides, cwd=tmp_path)
+    result = run_cli("train.py", *TINY_CLI, *overrides, cwd=tmp_path)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -67,7 +67,7 @@ def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, overrides, mess
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_requested_without_cuda(tmp_path):
-    result = run_script("train.py", "trainer.device=cuda", *TINY_CLI, cwd=tmp_path)
+    result = run_cli("train.py", "trainer.device=cuda", *TINY_CLI, cwd=tmp_path)
     assert result.returncode != 0
     assert "CUDA is not available" in result.stderr
 
@@ -90,6 +90,7 @@ def test_start_up_leaves_the_garbage_collector_on_with_its_objects_frozen(tmp_pa
     assert int(frozen) > 100_000  # torch's and Hydra's objects, left out of every collection
 
 
+@pytest.mark.slow
 def test_the_first_job_of_a_sweep_is_timed_like_the_others(tmp_path):
     # torch's optimizers import torch._dynamo when the first one is built (most of a second
     # here); charged to job 0, a sweep's "seconds" column would make its setting look slow
