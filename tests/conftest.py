@@ -94,6 +94,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
             mock.patch.object(dltips.task, "STARTED", time.time()),  # when a process would start
         ):
             os.chdir(cwd)
+            logging.getLogger().handlers[:] = []  # a new process's root logger: no handler
+            logging.getLogger().setLevel(logging.WARNING)  # (pytest's), so basicConfig works
             try:
                 runpy.run_path(script, run_name="__main__")
             except SystemExit as exit_:  # what the interpreter makes of sys.exit(code)
