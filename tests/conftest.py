@@ -1,16 +1,27 @@
 """Shared fixtures: configs composed from conf/ and shrunk so every run takes seconds."""
 
+import contextlib
+import gc
 import hashlib
+import io
+import logging
 import os
+import runpy
+import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
+
+import dltips.task
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -61,6 +72,64 @@ def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complete
         timeout=timeout,
         env={**os.environ, "HYDRA_FULL_ERROR": "0", **CPU_ONLY},
     )
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a script of scripts/ in this process, as `run_script` does in a new one: same
+    arguments, working dir, exit status and output, without 2-3 s of imports per call.
+
+    For tests where the process boundary is not the point (not signals, locks, start-up).
+    The script's `__main__` block runs with `sys.argv` set; what it leaves behind in the
+    process (Hydra's global state, logging handlers, the working dir, torch's thread
+    count, the SIGINT handler, frozen garbage) is put back as it was.
+    """
+    script = str(ROOT / "scripts" / args[0])
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = {
+        lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled)
+        for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        if isinstance(lg, logging.Logger)
+    }
+    threads, sigint, old_cwd = torch.get_num_threads(), signal.getsignal(signal.SIGINT), os.getcwd()
+    GlobalHydra.instance().clear()
+    returncode = 0
+    try:
+        with (
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+            mock.patch.object(sys, "argv", [script, *args[1:]]),
+            mock.patch.dict(os.environ, {"HYDRA_FULL_ERROR": "0"}),
+            mock.patch("torch.cuda.is_available", return_value=False),  # as CPU_ONLY does
+            mock.patch.object(dltips.task, "STARTED", time.time()),  # when a process would start
+        ):
+            os.chdir(cwd)
+            logging.getLogger().handlers[:] = []  # a new process's root logger: no handler
+            logging.getLogger().setLevel(logging.WARNING)  # (pytest's), so basicConfig works
+            try:
+                runpy.run_path(script, run_name="__main__")
+            except SystemExit as exit_:  # what the interpreter makes of sys.exit(code)
+                if isinstance(exit_.code, str):
+                    print(exit_.code, file=sys.stderr)
+                returncode = exit_.code if isinstance(exit_.code, int) else int(bool(exit_.code))
+            except Exception:
+                traceback.print_exc()
+                returncode = 1
+    finally:
+        os.chdir(old_cwd)
+        GlobalHydra.instance().clear()
+        for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            if not isinstance(lg, logging.Logger):
+                continue
+            handlers, *state = saved.get(lg, ([], logging.NOTSET, True, False))
+            for h in set(lg.handlers) - set(handlers):
+                h.close()
+            lg.handlers[:] = handlers
+            lg.level, lg.propagate, lg.disabled = state
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
+        signal.signal(signal.SIGINT, sigint)
+        gc.unfreeze()  # the script's start-up froze every object, this test's garbage too
+    return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
 
 
 def start_script(*args: str, cwd: Path) -> subprocess.Popen:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, make_cfg, run_script
+from conftest import ROOT, make_cfg, run_cli
 from dltips.checkpoint import load_checkpoint
 from dltips.errors import CheckpointError
 from dltips.run import Job
@@ -95,7 +95,7 @@ def test_a_torch_file_that_is_not_a_dltips_checkpoint_says_what_is_wrong(
 
 def test_missing_model_is_named_at_the_command_line_not_called_a_mismatch(run_dir, tmp_path):
     edited(run_dir, tmp_path / "run", lambda c: without(c, "model"))
-    out = run_script("train.py", f"trainer.resume={tmp_path / 'run'}", cwd=tmp_path)
+    out = run_cli("train.py", f"trainer.resume={tmp_path / 'run'}", cwd=tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode != 0
     assert "error: " in text and "last.pt is not a dltips checkpoint: it has no 'model' key" in text
@@ -106,7 +106,7 @@ def test_missing_model_is_named_at_the_command_line_not_called_a_mismatch(run_di
 def test_a_file_that_is_not_a_torch_file_is_called_so_at_the_command_line(run_dir, tmp_path, name):
     source = ROOT / "README.md" if name == "README.md" else run_dir / "metrics.json"
     shutil.copy(source, tmp_path / name)
-    out = run_script("train.py", f"trainer.resume={name}", cwd=tmp_path)
+    out = run_cli("train.py", f"trainer.resume={name}", cwd=tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode != 0
     assert f"error: {name} is not a PyTorch checkpoint: it is a text file" in text
@@ -248,6 +248,7 @@ def test_checkpoint_every_n_a_diverged_run_still_reports_its_last_completed_epoc
     assert load_checkpoint(tmp_path / "3" / "checkpoints" / "last.pt")["epoch"] == 4
 
 
+@pytest.mark.slow  # the most expensive in-process test of its file
 def test_checkpoint_every_n_in_a_batched_group(tmp_path):
     # one run stops early (patience 1), the other trains all 7 epochs
     cfgs = [["seed=0"], ["seed=1", "trainer.early_stopping.patience=1"]]

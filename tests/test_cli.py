@@ -1,4 +1,5 @@
-"""scripts/train.py as a user runs it: in a subprocess, from a project-like folder."""
+"""scripts/train.py as a user runs it, from a project-like folder: in this process (run_cli)
+where only the arguments and outputs matter, in a subprocess where start-up is the point."""
 
 import json
 import subprocess
@@ -7,13 +8,11 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY_CLI, run_script
-
-pytestmark = pytest.mark.slow
+from conftest import ROOT, TINY_CLI, run_cli
 
 
 def test_single_run_prints_accuracies_and_writes_its_outputs(tmp_path):
-    result = run_script("train.py", "model=relu", "optim=adam", *TINY_CLI, cwd=tmp_path)
+    result = run_cli("train.py", "model=relu", "optim=adam", *TINY_CLI, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert "train/acc" in output and "val/acc" in output and "test/acc" in output
@@ -26,8 +25,9 @@ def test_single_run_prints_accuracies_and_writes_its_outputs(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_multirun_grid_makes_one_dir_per_job(tmp_path):
-    result = run_script(
+    result = run_cli(
         "train.py", "-m", "model=sigmoid,relu", "optim=sgd,adam", *TINY_CLI, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -57,7 +57,7 @@ def test_multirun_grid_makes_one_dir_per_job(tmp_path):
     ],
 )
 def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, overrides, message):
-    result = run_script("train.py", *TINY_CLI, *overrides, cwd=tmp_path)
+    result = run_cli("train.py", *TINY_CLI, *overrides, cwd=tmp_path)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -66,7 +66,7 @@ def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, overrides, mess
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_requested_without_cuda(tmp_path):
-    result = run_script("train.py", "trainer.device=cuda", *TINY_CLI, cwd=tmp_path)
+    result = run_cli("train.py", "trainer.device=cuda", *TINY_CLI, cwd=tmp_path)
     assert result.returncode != 0
     assert "CUDA is not available" in result.stderr
 

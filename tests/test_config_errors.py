@@ -6,7 +6,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import make_cfg, run_script
+from conftest import make_cfg, run_cli
 from dltips.config import known_keys, validate
 from dltips.data import load_dataset
 from dltips.errors import ConfigError
@@ -16,6 +16,7 @@ from dltips.train import train
 TINY_CLI = ["model.width=32", "trainer.max_epochs=1", "data.train_size=200", "data.val_size=50"]
 
 
+@pytest.mark.slow  # the most expensive in-process test of its file
 def test_early_stopping_on_val_acc_keeps_the_best_epoch(tmp_path):
     # mode is left null: it follows the metric, max for an accuracy
     cfg = make_cfg(
@@ -222,7 +223,6 @@ def test_a_loss_for_other_targets_fails_before_any_output(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "messages"),
     [
@@ -261,7 +261,7 @@ def test_a_loss_for_other_targets_fails_before_any_output(tmp_path):
     ],
 )
 def test_cli_bad_input_exits_with_the_message(tmp_path, overrides, messages):
-    result = run_script("train.py", *TINY_CLI, *overrides, cwd=tmp_path)
+    result = run_cli("train.py", *TINY_CLI, *overrides, cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "error: " in result.stderr  # scripts/train.py's way of reporting a UserError

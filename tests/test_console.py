@@ -1,6 +1,7 @@
 """What scripts/train.py prints, as a user reads it: the start-up lines, the progress bar
 (on a terminal only), --help, the refusal of a sweep preset without -m, and the data cache
-when Hydra runs each job in its own directory."""
+when Hydra runs each job in its own directory. In this process (run_cli), but for the
+progress bar, which needs a terminal of its own."""
 
 import fcntl
 import math
@@ -19,11 +20,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, CPU_ONLY, ROOT, TINY_CLI, make_cfg, run_script
+from conftest import CONF_DIR, CPU_ONLY, ROOT, TINY_CLI, make_cfg, run_cli
 from dltips.console import config_line, data_line
 from dltips.data import load_dataset
-
-pytestmark = pytest.mark.slow
 
 
 def run_in_terminal(*args: str, cwd: Path, timeout: int = 300) -> tuple[int, str]:
@@ -60,6 +59,7 @@ def steps_per_epoch() -> int:
     return math.ceil(len(load_dataset(cfg.data, seed=0).y_train) / cfg.data.batch_size)
 
 
+@pytest.mark.slow  # a subprocess on a terminal
 def test_start_shows_what_differs_the_data_and_the_model_and_a_bar_only_on_a_terminal(tmp_path):
     args = ["train.py", "experiment=quick", *TINY_CLI]
     (tmp_path / "tty").mkdir()
@@ -70,7 +70,7 @@ def test_start_shows_what_differs_the_data_and_the_model_and_a_bar_only_on_a_ter
     assert re.search(rf"epoch 1/2: +\d+%\|.*\| {steps}/{steps} \[", shown), shown[-3000:]
     assert "batch/s" in shown
 
-    result = run_script(*args, cwd=tmp_path)  # a log, not a terminal: no bar
+    result = run_cli(*args, cwd=tmp_path)  # a log, not a terminal: no bar
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert "batch/s" not in output and "%|" not in output
@@ -120,7 +120,7 @@ def sweep_size(preset: str) -> int:
 @pytest.mark.parametrize("chdir", [False, True])
 def test_a_sweep_preset_without_m_is_refused_with_the_command_that_runs_it(tmp_path, chdir):
     args = ["experiment=tips/depth", "trainer.max_epochs=1", f"hydra.job.chdir={chdir}".lower()]
-    result = run_script("train.py", *args, cwd=tmp_path)
+    result = run_cli("train.py", *args, cwd=tmp_path)
     assert result.returncode == 1
     assert (
         f"error: experiment=tips/depth defines a sweep ({sweep_size('tips/depth')} runs) over "
@@ -134,7 +134,7 @@ def test_a_sweep_preset_without_m_is_refused_with_the_command_that_runs_it(tmp_p
 
 
 def test_one_setting_of_a_sweep_preset_trains_alone(tmp_path):
-    result = run_script(
+    result = run_cli(
         "train.py",
         "experiment=tips/depth",
         "model=relu",
@@ -150,7 +150,7 @@ def test_one_setting_of_a_sweep_preset_trains_alone(tmp_path):
 
 
 def test_help_lists_the_groups_their_options_and_examples(tmp_path):
-    result = run_script("train.py", "--help", cwd=tmp_path)
+    result = run_cli("train.py", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = result.stdout
     for group in ("model", "optim", "loss", "data", "trainer", "hparams_search"):
@@ -164,16 +164,17 @@ def test_help_lists_the_groups_their_options_and_examples(tmp_path):
     examples = [line for line in text.splitlines() if line.strip().startswith("python scripts/")]
     assert len(examples) == 3 and any(" -m " in e for e in examples)
     # the values shown are the composed config's, overrides included
-    shown = run_script("train.py", "--help", "model.depth=7", cwd=tmp_path).stdout
+    shown = run_cli("train.py", "--help", "model.depth=7", cwd=tmp_path).stdout
     assert "model.depth=7 model.width=500" in shown
     assert list(tmp_path.iterdir()) == []  # help writes nothing
-    hydra = run_script("train.py", "--hydra-help", cwd=tmp_path)
+    hydra = run_cli("train.py", "--hydra-help", cwd=tmp_path)
     assert "== Flags ==" in hydra.stdout and "Hydra (" in hydra.stdout
 
 
+@pytest.mark.slow  # builds the data cache of a new data root
 def test_runs_in_their_own_dirs_share_one_data_cache_under_the_data_root(tmp_path):
     for run in ("one", "two"):  # hydra.job.chdir: each job's cwd is its run dir
-        result = run_script(
+        result = run_cli(
             "train.py",
             "hydra.job.chdir=true",
             f"hydra.run.dir=outputs/{run}",

@@ -1,11 +1,8 @@
-"""scripts/eval.py and scripts/predict.py on real trained runs, through the real CLI."""
+"""scripts/eval.py and scripts/predict.py on real trained runs, through the real CLI (in this
+process: run_cli)."""
 
 import json
-import logging
-import runpy
 import shutil
-import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +12,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import FASHION_DIR, ROOT, file_digests, make_cfg, run_script
+from conftest import FASHION_DIR, ROOT, file_digests, make_cfg, run_cli
 from dltips.data import load_dataset, read_cached
 from dltips.run import Job
 from dltips.train import train, train_group
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -55,29 +50,10 @@ def early_best_run(tmp_path_factory) -> Path:
     return run
 
 
-def run_in_process(script: str, *args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of scripts/<script> run in this process, as a user would
-    start it in `cwd` (no interpreter start-up: a second instead of three)."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", [script, *args])
-    root = logging.getLogger()
-    handlers, level, sigint = root.handlers[:], root.level, signal.getsignal(signal.SIGINT)
-    status, message = 0, ""
-    try:
-        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
-    except SystemExit as exit:
-        if isinstance(exit.code, str):  # what Python prints for SystemExit("error: ...")
-            status, message = 1, exit.code + "\n"
-        else:
-            status = exit.code or 0
-    finally:  # Hydra's log handlers write to this test's captured streams: not to the next
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        signal.signal(signal.SIGINT, sigint)
-    out, err = capsys.readouterr()
-    return status, out, err + message
+def run_in_process(*args: str, cwd: Path) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of run_cli(*args)."""
+    result = run_cli(*args, cwd=cwd)
+    return result.returncode, result.stdout, result.stderr
 
 
 def metrics_of(run: Path) -> dict:
@@ -103,7 +79,7 @@ def assert_clean_error(result, message: str) -> None:
 
 def test_eval_of_a_run_dir_reports_the_runs_own_test_metrics(run_dir, tmp_path):
     before = file_digests(run_dir)
-    result = run_script("eval.py", f"ckpt={run_dir}", cwd=tmp_path)
+    result = run_cli("eval.py", f"ckpt={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics, ev = metrics_of(run_dir), eval_results(tmp_path)
 
@@ -134,7 +110,7 @@ def test_eval_of_a_run_dir_reports_the_runs_own_test_metrics(run_dir, tmp_path):
 
 def test_eval_of_a_checkpoint_file_on_the_validation_split(run_dir, tmp_path):
     best = run_dir / "checkpoints" / "best.pt"
-    result = run_script("eval.py", f"ckpt={best}", "split=val", cwd=tmp_path)
+    result = run_cli("eval.py", f"ckpt={best}", "split=val", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     ev = eval_results(tmp_path)
     assert ev["split"] == "val" and ev["num_images"] == 500
@@ -142,6 +118,7 @@ def test_eval_of_a_checkpoint_file_on_the_validation_split(run_dir, tmp_path):
     assert "val/acc" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_run_without_restore_best_is_evaluated_with_its_last_weights(tmp_path):
     # min_delta=1: val/acc can never gain 1, so best.pt stays at epoch 1 while training goes on
     run = tmp_path / "run"
@@ -155,21 +132,17 @@ def test_a_run_without_restore_best_is_evaluated_with_its_last_weights(tmp_path)
         run,
     )
     assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 1
-    result = run_script("eval.py", f"ckpt={run}", cwd=tmp_path)
+    result = run_cli("eval.py", f"ckpt={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     ev = eval_results(tmp_path)
     assert ev["epoch"] == 2 and ev["checkpoint"].endswith("last.pt")
     assert ev["test/acc"] == metrics_of(run)["test/acc"]  # the weights the run reported
 
 
-def test_eval_uses_the_checkpoint_that_metrics_json_names(
-    early_best_run, tmp_path, monkeypatch, capsys
-):
+def test_eval_uses_the_checkpoint_that_metrics_json_names(early_best_run, tmp_path):
     metrics = metrics_of(early_best_run)
     assert metrics["checkpoint"] == "checkpoints/best.pt"  # epoch 1; last.pt is epoch 2
-    status, out, err = run_in_process(
-        "eval.py", f"ckpt={early_best_run}", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
-    )
+    status, out, err = run_in_process("eval.py", f"ckpt={early_best_run}", cwd=tmp_path)
     assert status == 0, err
     ev = eval_results(tmp_path)
     assert ev["checkpoint"] == str((early_best_run / metrics["checkpoint"]).resolve())
@@ -180,16 +153,15 @@ def test_eval_uses_the_checkpoint_that_metrics_json_names(
     # another checkpoint of the run, named explicitly: used, and said not to be the reported one
     shutil.rmtree(tmp_path / "outputs")
     last = early_best_run / "checkpoints" / "last.pt"
-    status, out, err = run_in_process(
-        "eval.py", f"ckpt={last}", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
-    )
+    status, out, err = run_in_process("eval.py", f"ckpt={last}", cwd=tmp_path)
     assert status == 0, err
     ev = eval_results(tmp_path)
     assert ev["epoch"] == 2 and "reports the weights of checkpoints/best.pt" in ev["warning"]
     assert f"[WARNING] - {ev['warning']}" in out
 
 
-def test_a_batched_run_names_its_checkpoint_too(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_a_batched_run_names_its_checkpoint_too(tmp_path):
     jobs = [
         Job(make_cfg("trainer.max_epochs=2", "seed=0"), tmp_path / "0"),
         Job(
@@ -204,13 +176,7 @@ def test_a_batched_run_names_its_checkpoint_too(tmp_path, monkeypatch, capsys):
         "checkpoints/last.pt",
     ]
     (tmp_path / "cwd").mkdir()
-    status, _, err = run_in_process(
-        "eval.py",
-        f"ckpt={tmp_path / '1'}",
-        cwd=tmp_path / "cwd",
-        monkeypatch=monkeypatch,
-        capsys=capsys,
-    )
+    status, _, err = run_in_process("eval.py", f"ckpt={tmp_path / '1'}", cwd=tmp_path / "cwd")
     assert status == 0, err
     ev = eval_results(tmp_path / "cwd")
     assert ev["checkpoint"].endswith("1/checkpoints/last.pt")
@@ -219,7 +185,7 @@ def test_a_batched_run_names_its_checkpoint_too(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("script", ["eval.py", "predict.py"])
 def test_a_missing_reported_checkpoint_is_an_error_never_another_file(
-    early_best_run, tmp_path, monkeypatch, capsys, script
+    early_best_run, tmp_path, script
 ):
     run = tmp_path / "run"
     shutil.copytree(early_best_run, run)
@@ -227,9 +193,7 @@ def test_a_missing_reported_checkpoint_is_an_error_never_another_file(
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), dtype=np.uint8))
     before = file_digests(tmp_path)
     images = ["images=x.npy"] if script == "predict.py" else []
-    status, out, err = run_in_process(
-        script, "ckpt=run", *images, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
-    )
+    status, out, err = run_in_process(script, "ckpt=run", *images, cwd=tmp_path)
     assert status == 1, out + err
     assert err.startswith("error: ckpt=run: its metrics.json reports the weights of ")
     assert "checkpoints/best.pt, which is missing" in err
@@ -238,17 +202,13 @@ def test_a_missing_reported_checkpoint_is_an_error_never_another_file(
     assert file_digests(tmp_path) == before  # no outputs/eval/ dir, nothing else written
 
 
-def test_a_run_written_before_metrics_json_named_its_checkpoint(
-    early_best_run, tmp_path, monkeypatch, capsys
-):
+def test_a_run_written_before_metrics_json_named_its_checkpoint(early_best_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(early_best_run, run)
     metrics = metrics_of(run)
     del metrics["checkpoint"]  # as the previous version wrote it
     (run / "metrics.json").write_text(json.dumps(metrics))
-    status, _, err = run_in_process(
-        "eval.py", "ckpt=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
-    )
+    status, _, err = run_in_process("eval.py", "ckpt=run", cwd=tmp_path)
     assert status == 0, err
     ev = eval_results(tmp_path)  # what that version reported: restore_best, best.pt
     assert ev["checkpoint"].endswith("best.pt") and ev["epoch"] == 1
@@ -256,14 +216,13 @@ def test_a_run_written_before_metrics_json_named_its_checkpoint(
 
     shutil.rmtree(tmp_path / "outputs")
     (run / "checkpoints" / "best.pt").unlink()  # still never last.pt in its place
-    status, _, err = run_in_process(
-        "eval.py", "ckpt=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
-    )
+    status, _, err = run_in_process("eval.py", "ckpt=run", cwd=tmp_path)
     assert status == 1 and "checkpoints/best.pt, which is missing" in err, err
     assert not (tmp_path / "outputs").exists()
 
 
-def test_a_diverged_runs_weights_are_named_as_such(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_a_diverged_runs_weights_are_named_as_such(tmp_path):
     run = tmp_path / "run"
     metrics = train(
         make_cfg("optim=sgd", "optim.lr=1e6", "data.normalize=none", "trainer.max_epochs=3"),
@@ -276,9 +235,7 @@ def test_a_diverged_runs_weights_are_named_as_such(tmp_path, monkeypatch, capsys
         f"weights from epoch 0 (its initial weights: no epoch finished)."
     )
     (tmp_path / "cwd").mkdir()
-    status, out, err = run_in_process(
-        "eval.py", f"ckpt={run}", cwd=tmp_path / "cwd", monkeypatch=monkeypatch, capsys=capsys
-    )
+    status, out, err = run_in_process("eval.py", f"ckpt={run}", cwd=tmp_path / "cwd")
     assert status == 0, err
     assert f"[WARNING] - {expected}" in out
     ev = eval_results(tmp_path / "cwd")
@@ -287,22 +244,15 @@ def test_a_diverged_runs_weights_are_named_as_such(tmp_path, monkeypatch, capsys
 
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), dtype=np.uint8))
     status, out, err = run_in_process(
-        "predict.py",
-        f"ckpt={run}",
-        f"images={tmp_path / 'x.npy'}",
-        cwd=tmp_path,
-        monkeypatch=monkeypatch,
-        capsys=capsys,
+        "predict.py", f"ckpt={run}", f"images={tmp_path / 'x.npy'}", cwd=tmp_path
     )
     assert status == 0, err
     assert expected in err and out.startswith("image")  # stdout keeps only the table
 
 
 @pytest.mark.parametrize("script", ["eval.py", "predict.py"])
-def test_help_is_the_scripts_own(tmp_path, monkeypatch, capsys, script):
-    status, out, _ = run_in_process(
-        script, "--help", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
-    )
+def test_help_is_the_scripts_own(tmp_path, script):
+    status, out, _ = run_in_process(script, "--help", cwd=tmp_path)
     assert status == 0
     assert out.startswith(f"dltips {script.removesuffix('.py')}: ")
     assert "ckpt=<run dir | .pt file>" in out and "--hydra-help" in out
@@ -310,8 +260,9 @@ def test_help_is_the_scripts_own(tmp_path, monkeypatch, capsys, script):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_noise_sweep_evaluates_one_model_at_several_noise_levels(run_dir, tmp_path):
-    result = run_script(
+    result = run_cli(
         "eval.py", "-m", f"ckpt={run_dir}", "data.test_noise_std=0,0.5,2", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -328,8 +279,9 @@ def test_noise_sweep_evaluates_one_model_at_several_noise_levels(run_dir, tmp_pa
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.slow
 def test_eval_on_another_data_set_keeps_the_checkpoints_normalization(standard_run, tmp_path):
-    result = run_script("eval.py", f"ckpt={standard_run}", "data=fashion_mnist", cwd=tmp_path)
+    result = run_cli("eval.py", f"ckpt={standard_run}", "data=fashion_mnist", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     ev = eval_results(tmp_path)
     assert ev["data"]["name"] == "fashion_mnist" and ev["num_images"] == 10_000
@@ -356,7 +308,7 @@ def test_eval_errors_are_clear_and_write_nothing(run_dir, tmp_path, args, messag
     torch.save({"model": {}}, tmp_path / "other.pt")
     (tmp_path / "empty").mkdir()
     before = file_digests(run_dir)
-    result = run_script("eval.py", *(a.replace("RUN", str(run_dir)) for a in args), cwd=tmp_path)
+    result = run_cli("eval.py", *(a.replace("RUN", str(run_dir)) for a in args), cwd=tmp_path)
     assert_clean_error(result, message)
     assert "trainer.resume" not in result.stderr  # the advice is about ckpt=
     assert not (tmp_path / "outputs").exists()
@@ -399,14 +351,14 @@ def test_predict_classifies_npy_and_png_images_as_the_model_does(run_dir, tmp_pa
     big.save(tmp_path / "pngs" / "big5.png")
     before = file_digests(tmp_path)
 
-    result = run_script("predict.py", f"ckpt={run_dir}", "images=digits.npy", cwd=tmp_path)
+    result = run_cli("predict.py", f"ckpt={run_dir}", "images=digits.npy", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     got = predictions(result.stdout)
     assert list(got) == [str(i) for i in range(10)]
     assert [c for c, _ in got.values()] == classes
     assert [p for _, p in got.values()] == pytest.approx(probs, abs=6e-5)  # printed to 4 places
 
-    result = run_script("predict.py", f"ckpt={run_dir}", "images=pngs", cwd=tmp_path)
+    result = run_cli("predict.py", f"ckpt={run_dir}", "images=pngs", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     got = predictions(result.stdout)
     assert sorted(got) == sorted([f"d{i}.png" for i in range(10)] + ["rgb3.png", "big5.png"])
@@ -421,7 +373,7 @@ def test_predict_standardizes_with_the_training_mean_and_std(standard_run, tmp_p
     indices = slice(50, 1000, 95)
     images = read_cached(make_cfg().data)["x_test"][indices].numpy()  # (N, 784)
     np.save(tmp_path / "digits.npy", images)
-    result = run_script("predict.py", f"ckpt={standard_run}", "images=digits.npy", cwd=tmp_path)
+    result = run_cli("predict.py", f"ckpt={standard_run}", "images=digits.npy", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     classes, probs = expected_predictions(standard_run, indices)
     got = predictions(result.stdout)
@@ -451,7 +403,7 @@ def test_predict_errors_are_clear(run_dir, tmp_path, args, message):
     np.save(tmp_path / "float.npy", np.linspace(0, 2, 3 * 784, dtype=np.float32).reshape(3, 784))
     np.save(tmp_path / "int.npy", np.arange(-1, 783).reshape(1, 28, 28) % 257 - 1)
     before = file_digests(tmp_path)
-    result = run_script("predict.py", f"ckpt={run_dir}", *args, cwd=tmp_path)
+    result = run_cli("predict.py", f"ckpt={run_dir}", *args, cwd=tmp_path)
     assert_clean_error(result, message)
     assert file_digests(tmp_path) == before
 
@@ -466,14 +418,12 @@ def test_predict_errors_are_clear(run_dir, tmp_path, args, message):
 def test_predict_refuses_what_is_not_a_checkpoint(tmp_path, ckpt, message):
     shutil.copy(ROOT / "README.md", tmp_path)
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), dtype=np.uint8))
-    result = run_script("predict.py", f"ckpt={ckpt}", "images=x.npy", cwd=tmp_path)
+    result = run_cli("predict.py", f"ckpt={ckpt}", "images=x.npy", cwd=tmp_path)
     assert_clean_error(result, message)
     assert "trainer.resume" not in result.stderr
 
 
-def test_predict_takes_jpg_one_image_and_any_pixel_type_alike(
-    run_dir, tmp_path, monkeypatch, capsys
-):
+def test_predict_takes_jpg_one_image_and_any_pixel_type_alike(run_dir, tmp_path):
     every_100th = slice(None, None, 100)  # one image of each class
     images = read_cached(make_cfg().data)["x_test"][every_100th].reshape(-1, 28, 28).numpy()
     np.save(tmp_path / "float.npy", images.astype(np.float32) / 255)  # as ToTensor gives them
@@ -485,12 +435,7 @@ def test_predict_takes_jpg_one_image_and_any_pixel_type_alike(
 
     def predicted(images: str) -> list[int]:
         status, out, err = run_in_process(
-            "predict.py",
-            f"ckpt={run_dir}",
-            f"images={images}",
-            cwd=tmp_path,
-            monkeypatch=monkeypatch,
-            capsys=capsys,
+            "predict.py", f"ckpt={run_dir}", f"images={images}", cwd=tmp_path
         )
         assert status == 0 and err == "", err  # no warning: 28x28 grayscale, no conversion
         return [c for c, _ in predictions(out).values()]

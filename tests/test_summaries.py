@@ -12,7 +12,7 @@ import pytest
 from matplotlib.collections import PathCollection
 from omegaconf import OmegaConf
 
-from conftest import make_cfg, run_script
+from conftest import make_cfg, run_cli
 from dltips.plots import against_figure, curves_figure
 from dltips.report import DOCS_PAGE, SECTIONS, default_runs_dir, images_dir, report_page
 from dltips.runs import (
@@ -58,7 +58,7 @@ def made_sweep(tmp_path_factory, data_root) -> Path:
     """A real 3-job CLI sweep (one failed job), summarized by the sweep's own callback."""
     tmp = tmp_path_factory.mktemp("made")
     sweep_dir = tmp / "sweep"
-    ok(run_script("train.py", "-m", *TINY_CLI, *SWEEP, f"hydra.sweep.dir={sweep_dir}", cwd=tmp))
+    ok(run_cli("train.py", "-m", *TINY_CLI, *SWEEP, f"hydra.sweep.dir={sweep_dir}", cwd=tmp))
     return sweep_dir
 
 
@@ -71,7 +71,6 @@ def sweep_dir(made_sweep, tmp_path) -> Path:
 # 5. the early-stopping direction follows the metric when mode is null
 
 
-@pytest.mark.slow
 def test_summaries_sort_by_the_monitor_in_its_own_direction_when_mode_is_null(sweep_dir):
     config = OmegaConf.load(sweep_dir / "1" / ".hydra" / "config.yaml")
     assert config.trainer.early_stopping.monitor == "val/loss"
@@ -90,12 +89,12 @@ def test_summaries_sort_by_the_monitor_in_its_own_direction_when_mode_is_null(sw
     # the script, from the runs' config (monitor val/loss, mode null)
     for name in ("summary.csv", "summary.md"):
         (sweep_dir / name).unlink()
-    ok(run_script("summarize.py", str(sweep_dir), cwd=sweep_dir.parent))
+    ok(run_cli("summarize.py", str(sweep_dir), cwd=sweep_dir.parent))
     written = [row["run"] for row in csv.DictReader((sweep_dir / "summary.csv").open())]
     assert written == [*order("val/loss", False), "0"]
 
     # another monitor on the command line: its own direction, accuracies highest first
-    ok(run_script("summarize.py", str(sweep_dir), "--monitor", "val/acc", cwd=sweep_dir.parent))
+    ok(run_cli("summarize.py", str(sweep_dir), "--monitor", "val/acc", cwd=sweep_dir.parent))
     written = [row["run"] for row in csv.DictReader((sweep_dir / "summary.csv").open())]
     assert written == [*order("val/acc", True), "0"]
     assert "(highest first)" in (sweep_dir / "summary.md").read_text()
@@ -103,7 +102,7 @@ def test_summaries_sort_by_the_monitor_in_its_own_direction_when_mode_is_null(sw
 
     # a direction that contradicts the metric is refused, and nothing is rewritten
     before = digest(sweep_dir / "summary.csv", sweep_dir / "summary.md")
-    result = run_script(
+    result = run_cli(
         "summarize.py", str(sweep_dir), "--monitor", "val/acc", "--mode", "min", cwd=sweep_dir
     )
     assert result.returncode != 0
@@ -114,7 +113,6 @@ def test_summaries_sort_by_the_monitor_in_its_own_direction_when_mode_is_null(sw
 # 4. integers print as integers, even next to a failed run's empty cells
 
 
-@pytest.mark.slow
 def test_integer_columns_print_as_integers_next_to_a_failed_run(made_sweep):
     rows = markdown_rows((made_sweep / "summary.md").read_text())
     assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
@@ -138,7 +136,7 @@ def test_an_override_absent_from_some_runs_varies_and_shows_as_an_empty_cell(tmp
     runs = tmp_path / "outputs"
     for name, overrides in (("a", ["model.width=32"]), ("b", [])):
         ok(
-            run_script(
+            run_cli(
                 "train.py",
                 *overrides,
                 "trainer.max_epochs=1",
@@ -146,7 +144,7 @@ def test_an_override_absent_from_some_runs_varies_and_shows_as_an_empty_cell(tmp
                 cwd=tmp_path,
             )
         )
-    printed = ok(run_script("summarize.py", str(runs), cwd=tmp_path))
+    printed = ok(run_cli("summarize.py", str(runs), cwd=tmp_path))
     text = (runs / "summary.md").read_text()
     shared = next(line for line in text.splitlines() if line.startswith("Overrides shared"))
     assert "`trainer.max_epochs=1`" in shared and "model.width" not in shared
@@ -156,7 +154,7 @@ def test_an_override_absent_from_some_runs_varies_and_shows_as_an_empty_cell(tmp
     assert "<NA>" not in text + printed
     with (runs / "summary.csv").open() as f:
         assert {r["run"]: r["model.width"] for r in csv.DictReader(f)} == {"a": "32", "b": ""}
-    ok(run_script("plot.py", str(runs), "--out", str(tmp_path / "plots"), cwd=tmp_path))
+    ok(run_cli("plot.py", str(runs), "--out", str(tmp_path / "plots"), cwd=tmp_path))
     assert (tmp_path / "plots" / "model.width.png").stat().st_size > 10_000
 
 
@@ -202,7 +200,6 @@ DAMAGES = {  # an edit of a real metrics.json, and what the message says about i
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_read_metrics_tells_a_damaged_file_from_a_missing_one(sweep_dir, damage, caplog):
     edit, message = DAMAGES[damage]
@@ -221,7 +218,6 @@ def test_read_metrics_tells_a_damaged_file_from_a_missing_one(sweep_dir, damage,
     assert read_metrics(sweep_dir / "1") is None  # no file: unfinished, no error
 
 
-@pytest.mark.slow
 def test_null_metrics_of_a_diverged_run_are_not_damage(sweep_dir):
     path = sweep_dir / "2" / "metrics.json"
     metrics = json.loads(path.read_text())
@@ -238,12 +234,11 @@ def test_any_folder_of_runs_is_listed_in_natural_order(sweep_dir):
     assert list(collect_runs(sweep_dir)["run"]) == ["0", "1", "2", "10", "adam", "baseline"]
 
 
-@pytest.mark.slow
 def test_summarize_and_plot_skip_a_damaged_run_with_one_warning_and_go_on(sweep_dir, tmp_path):
     damaged = sweep_dir / "1" / "metrics.json"
     damaged.write_text(damaged.read_text()[:100])  # truncated
     (sweep_dir / "2" / "metrics.json").rename(sweep_dir / "2" / "moved.json")  # "still running"
-    result = run_script("summarize.py", str(sweep_dir), cwd=tmp_path)
+    result = run_cli("summarize.py", str(sweep_dir), cwd=tmp_path)
     ok(result)
     assert len(warnings(result)) == 1
     assert str(damaged) in warnings(result)[0] and "not valid JSON" in warnings(result)[0]
@@ -254,19 +249,18 @@ def test_summarize_and_plot_skip_a_damaged_run_with_one_warning_and_go_on(sweep_
         }
 
     (sweep_dir / "2" / "moved.json").rename(sweep_dir / "2" / "metrics.json")
-    result = run_script("plot.py", str(sweep_dir), "--out", str(tmp_path / "plots"), cwd=tmp_path)
+    result = run_cli("plot.py", str(sweep_dir), "--out", str(tmp_path / "plots"), cwd=tmp_path)
     ok(result)
     assert len(warnings(result)) == 1 and str(damaged) in warnings(result)[0]
     assert (tmp_path / "plots" / "curves.png").stat().st_size > 10_000
 
 
-@pytest.mark.slow
 def test_summarize_and_plot_fail_clearly_when_every_run_is_damaged(sweep_dir, tmp_path):
     before = digest(sweep_dir / "summary.csv", sweep_dir / "summary.md")
     for job in ("0", "1", "2"):
         path = sweep_dir / job / "metrics.json"
         path.write_text(path.read_text().replace("{", "[", 1))
-    result = run_script("summarize.py", str(sweep_dir), cwd=tmp_path)
+    result = run_cli("summarize.py", str(sweep_dir), cwd=tmp_path)
     assert result.returncode != 0
     assert len(warnings(result)) == 3
     assert f"error: No runs (folders with metrics.json or .hydra/) under {sweep_dir}" in (
@@ -275,20 +269,17 @@ def test_summarize_and_plot_fail_clearly_when_every_run_is_damaged(sweep_dir, tm
     assert "3 skipped for a damaged metrics.json" in result.stderr
     assert digest(*before) == before  # the last good summary stays
 
-    result = run_script("plot.py", str(sweep_dir), "--out", str(tmp_path / "plots"), cwd=tmp_path)
+    result = run_cli("plot.py", str(sweep_dir), "--out", str(tmp_path / "plots"), cwd=tmp_path)
     assert result.returncode != 0 and len(warnings(result)) == 3
     assert "error: No finished runs" in result.stderr and "3 skipped" in result.stderr
     assert not (tmp_path / "plots").exists()
 
 
-@pytest.mark.slow
 def test_a_resumed_sweep_runs_a_job_with_a_damaged_metrics_json_again(sweep_dir, tmp_path):
     damaged = sweep_dir / "1" / "metrics.json"
     damaged.write_text(damaged.read_text()[:100])
     kept = (sweep_dir / "2" / "metrics.json").read_text()
-    result = run_script(
-        "train.py", "-m", *TINY_CLI, *SWEEP, f"sweep.resume={sweep_dir}", cwd=tmp_path
-    )
+    result = run_cli("train.py", "-m", *TINY_CLI, *SWEEP, f"sweep.resume={sweep_dir}", cwd=tmp_path)
     output = ok(result)
     assert f"{damaged}: not valid JSON" in output and "counts as not finished" in output
     assert read_metrics(sweep_dir / "1")["status"] == "completed"  # written again
@@ -326,7 +317,7 @@ def test_only_the_full_report_goes_to_docs(tmp_path):
 def test_a_quick_report_writes_under_its_runs_dir_and_leaves_docs_alone(tmp_path):
     before = digest(*docs_files())
     runs = tmp_path / "runs"
-    result = run_script("report.py", "normalize", *QUICK_REPORT, "--runs", str(runs), cwd=tmp_path)
+    result = run_cli("report.py", "normalize", *QUICK_REPORT, "--runs", str(runs), cwd=tmp_path)
     printed = ok(result)
     page = runs / "RESULTS.md"
     assert f"Wrote {page}" in printed and "Not docs/RESULTS.md" in printed
@@ -344,14 +335,14 @@ def test_a_quick_report_writes_under_its_runs_dir_and_leaves_docs_alone(tmp_path
     sentinel.parent.mkdir(parents=True)
     sentinel.write_bytes(b"someone else's plot")
     where = ["--runs", str(runs), "--out", str(other)]
-    ok(run_script("report.py", "normalize", "--from-runs", *where, cwd=tmp_path))
+    ok(run_cli("report.py", "normalize", "--from-runs", *where, cwd=tmp_path))
     assert "(quick/normalize_curves.png)" in other.read_text()
     assert (tmp_path / "docs" / "quick" / "normalize_curves.png").stat().st_size > 10_000
     assert sentinel.read_bytes() == b"someone else's plot"
 
     # --from-runs where there are no runs: an error, and nothing written
     for missing in (tmp_path / "nothing", runs / "results"):
-        result = run_script(
+        result = run_cli(
             "report.py", "normalize", "--from-runs", "--runs", str(missing), cwd=tmp_path
         )
         assert result.returncode != 0
@@ -362,10 +353,9 @@ def test_a_quick_report_writes_under_its_runs_dir_and_leaves_docs_alone(tmp_path
     assert digest(*docs_files()) == before
 
 
-@pytest.mark.slow
 def test_report_from_runs_with_its_default_runs_dir_missing_is_an_error(tmp_path):
     before = digest(*docs_files())
-    result = run_script("report.py", "normalize", "--from-runs", *QUICK_REPORT, cwd=tmp_path)
+    result = run_cli("report.py", "normalize", "--from-runs", *QUICK_REPORT, cwd=tmp_path)
     assert result.returncode != 0
     expected = tmp_path / default_runs_dir("mnist_5k", QUICK_REPORT[3::2])
     assert expected.relative_to(tmp_path).as_posix() in result.stderr
@@ -424,6 +414,7 @@ def test_seed_means_leave_out_diverged_and_unfinished_runs_and_say_n_of_m(lr_see
     assert list(seed_table(runs, [], ["val/acc"])["runs"]) == ["1 of 4"]
 
 
+@pytest.mark.slow
 def test_a_run_that_early_stopping_ended_shows_as_stopped_early_and_counts(tmp_path):
     # min_delta 10: no epoch after the first counts as better, so patience 1 stops at epoch 2
     stop = ["trainer.early_stopping.min_delta=10", "trainer.early_stopping.patience=1"]

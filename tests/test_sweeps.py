@@ -14,24 +14,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY_CLI, make_cfg, run_script
+from conftest import ROOT, TINY_CLI, make_cfg, run_cli, run_script
 from dltips.runs import summarize
 from dltips.sweep import threads_per_job
 from dltips.train import train
 
-pytestmark = pytest.mark.slow
 
-
-def sweep(tmp_path: Path, *overrides: str, name: str = "sweep", timeout: int = 300) -> Path:
+def sweep(
+    tmp_path: Path, *overrides: str, name: str = "sweep", in_subprocess=False, timeout=300
+) -> Path:
+    """A finished CLI sweep; `in_subprocess` for launchers that send the task to other
+    processes (joblib, submitit), which must find it in a script run as a script."""
     sweep_dir = tmp_path / name
-    result = run_script(
-        "train.py",
-        "-m",
-        *TINY_CLI,
-        *overrides,
-        f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path,
-        timeout=timeout,
+    args = ["train.py", "-m", *TINY_CLI, *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    result = (
+        run_script(*args, cwd=tmp_path, timeout=timeout)
+        if in_subprocess
+        else run_cli(*args, cwd=tmp_path)
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return sweep_dir
@@ -59,6 +58,7 @@ def test_diverged_job_ends_early_with_its_status(tmp_path):
     assert set(pd.read_csv(sweep_dir / "summary.csv")["status"]) == {"completed", "diverged"}
 
 
+@pytest.mark.slow
 def test_seed_sweep_gets_a_mean_and_std_table(tmp_path):
     sweep_dir = sweep(tmp_path, "model=sigmoid,relu", "seed=0,1")
     text = (sweep_dir / "summary.md").read_text()
@@ -68,12 +68,13 @@ def test_seed_sweep_gets_a_mean_and_std_table(tmp_path):
     assert all("±" in v for v in seeds["test/acc"])
 
 
+@pytest.mark.slow
 def test_resumed_sweep_runs_only_unfinished_jobs_in_place(tmp_path):
     sweep_dir = sweep(tmp_path, "model=sigmoid,relu,tanh")
     done = (sweep_dir / "0" / "metrics.json").read_text()
     (sweep_dir / "1" / "metrics.json").unlink()  # as if killed before its end
     shutil.rmtree(sweep_dir / "2")  # as if never started
-    result = run_script(
+    result = run_cli(
         "train.py",
         "-m",
         *TINY_CLI,
@@ -97,16 +98,13 @@ def test_summarize_script_reads_an_unfinished_sweep(tmp_path):
     sweep_dir = sweep(tmp_path, "model=sigmoid,relu")
     (sweep_dir / "1" / "metrics.json").unlink()
     (sweep_dir / "summary.csv").unlink()
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweep_dir)],
-        capture_output=True,
-        text=True,
-    )
+    result = run_cli("summarize.py", str(sweep_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = pd.read_csv(sweep_dir / "summary.csv")
     assert sorted(summary["status"]) == ["completed", "unfinished"]
 
 
+@pytest.mark.slow
 def test_plot_script_writes_curves_and_one_plot_per_swept_key(tmp_path):
     sweep_dir = sweep(tmp_path, "model=sigmoid,relu", "optim=sgd,adam")
     result = subprocess.run(
@@ -127,9 +125,14 @@ def test_threads_per_job_share_the_cores():
     assert threads_per_job(16, cores=8) == 1
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_with_shared_cores(tmp_path):
     sweep_dir = sweep(
-        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=sigmoid,relu"
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=sigmoid,relu",
+        in_subprocess=True,
     )
     assert statuses(sweep_dir) == {"0": "completed", "1": "completed"}
     threads = {json.loads(p.read_text())["num_threads"] for p in sweep_dir.glob("*/metrics.json")}
@@ -137,12 +140,14 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_shared_cores(tmp_path):
     assert (sweep_dir / "summary.csv").is_file()
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher(tmp_path):
     sweep_dir = sweep(
         tmp_path,
         "hydra/launcher=submitit_local",
         "hydra.launcher.timeout_min=5",
         "model=sigmoid,relu",
+        in_subprocess=True,
     )
     assert statuses(sweep_dir) == {"0": "completed", "1": "completed"}
 
@@ -159,6 +164,7 @@ def slurm() -> None:
         pytest.skip(f"SLURM could not start: {result.stderr.strip()}")
 
 
+@pytest.mark.slow
 def test_slurm_launcher_runs_a_four_job_sweep(tmp_path, slurm):
     sweep_dir = sweep(
         tmp_path,
@@ -168,6 +174,7 @@ def test_slurm_launcher_runs_a_four_job_sweep(tmp_path, slurm):
         "hydra.launcher.mem_gb=1",
         "model=sigmoid,relu",
         "optim=sgd,adam",
+        in_subprocess=True,
         timeout=600,
     )
     assert statuses(sweep_dir) == {str(i): "completed" for i in range(4)}
@@ -189,6 +196,7 @@ def get_json(url: str, body: dict | None = None):
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_tensorboard_lists_every_run_with_scalars_and_hparams(tmp_path):
     sweep_dir = sweep(tmp_path, "model=sigmoid,relu", "optim=sgd,adam")
     port = free_port()

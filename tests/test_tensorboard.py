@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
-from conftest import TINY_CLI, make_cfg, run_script
+from conftest import TINY_CLI, make_cfg, run_cli
 from dltips.tensorboard_log import (
     FINAL,
     METRICS,
@@ -45,7 +45,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     """A real 2-job sweep; seed=1 is the same in both jobs, so only `model` varies."""
     tmp = tmp_path_factory.mktemp("tb")
     folder = tmp / "sweep"
-    result = run_script(
+    result = run_cli(
         "train.py", "-m", "model=sigmoid,relu", "seed=1", *TINY_CLI,
         f"hydra.sweep.dir={folder}", cwd=tmp,
     )  # fmt: skip
@@ -53,7 +53,6 @@ def sweep_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.slow
 def test_sweep_runs_are_named_by_the_swept_keys_in_numbered_job_dirs(sweep_dir):
     # job dirs keep their numbers (a resumed sweep finds them); the events in each are the
     # TensorBoard run `<job>/<swept overrides>`
@@ -65,7 +64,6 @@ def test_sweep_runs_are_named_by_the_swept_keys_in_numbered_job_dirs(sweep_dir):
         assert json.loads((sweep_dir / job / "metrics.json").read_text())["status"] == "completed"
 
 
-@pytest.mark.slow
 def test_sweep_hparams_start_with_the_swept_keys_and_val_test_metrics(sweep_dir):
     # one experiment for all of the sweep's runs: its columns are what differs between them
     exp = experiment(sweep_dir / "hparams")
@@ -98,7 +96,7 @@ def test_resumed_sweep_job_writes_into_the_same_tensorboard_run(sweep_dir, tmp_p
     copy = tmp_path / "sweep"
     shutil.copytree(sweep_dir, copy)
     (copy / "1" / "metrics.json").unlink()  # as if killed before its end
-    result = run_script(
+    result = run_cli(
         "train.py", "-m", "model=sigmoid,relu", "seed=1", *TINY_CLI,
         f"hydra.sweep.dir={copy}", f"sweep.resume={copy}", cwd=tmp_path,
     )  # fmt: skip
