@@ -156,7 +156,7 @@ def test_good_values_pass(overrides):
 
 @pytest.mark.slow
 def test_cli_wrong_type_names_the_override_without_a_traceback(tmp_path):
-    result = run_script("train.py", *TINY_CLI, "seed=abc", cwd=tmp_path)
+    result = run_cli("train.py", *TINY_CLI, "seed=abc", cwd=tmp_path)
     assert result.returncode != 0
     assert result.stderr.startswith(
         "Error merging override seed=abc\n"
