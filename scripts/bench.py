@@ -190,7 +190,7 @@ def batched_vs_sequential(
     from hydra import compose, initialize_config_dir
 
     from dltips.process import configure_process
-    from dltips.run import Job
+    from dltips.run_state import Job
     from dltips.train import train, train_group
 
     overrides = [

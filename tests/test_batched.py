@@ -15,7 +15,7 @@ from dltips.checkpoint import load_checkpoint
 from dltips.data import load_dataset
 from dltips.group import cpu_too_large, group_jobs, group_key, memory_cap, num_params
 from dltips.models import build_mlp
-from dltips.run import Job
+from dltips.run_state import Job
 from dltips.stacked import MemberOptimizer, StackedLinear, StackedMLP, member_losses
 from dltips.train import train, train_group
 

@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, make_cfg, run_cli
 from dltips.checkpoint import load_checkpoint
 from dltips.errors import CheckpointError
-from dltips.run import Job
+from dltips.run_state import Job
 from dltips.train import train, train_group
 
 TIMINGS = ("wall_seconds", "seconds_per_epoch", "epoch_seconds")
@@ -196,16 +196,16 @@ EVERY = ["trainer.max_epochs=7", "trainer.early_stopping.patience=null"]
 
 def saves_recorded(monkeypatch) -> list[tuple[str, int, str | None]]:
     """(file, epoch, linked file) of every checkpoint train() writes from now on."""
-    import dltips.run
+    import dltips.run_state
 
     saves = []
-    save = dltips.run.atomic_save
+    save = dltips.run_state.atomic_save
 
     def recording(obj, path, also=None):
         saves.append((Path(path).name, obj["epoch"], also and Path(also).name))
         save(obj, path, also)
 
-    monkeypatch.setattr(dltips.run, "atomic_save", recording)
+    monkeypatch.setattr(dltips.run_state, "atomic_save", recording)
     return saves
 
 

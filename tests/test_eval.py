@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import FASHION_DIR, ROOT, file_digests, make_cfg, run_cli
 from dltips.data import load_dataset, read_cached
-from dltips.run import Job
+from dltips.run_state import Job
 from dltips.train import train, train_group
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import cuda, make_cfg
-from dltips.run import Job
+from dltips.run_state import Job
 from dltips.step import GraphedEpoch, TrainStep
 from dltips.train import train, train_group
 

@@ -21,7 +21,7 @@ from dltips.checkpoint import load_checkpoint, sole_writer
 from dltips.data import load_dataset
 from dltips.errors import CheckpointError, OutputError
 from dltips.resume import override_arg
-from dltips.run import Job
+from dltips.run_state import Job
 from dltips.task import train_jobs
 from dltips.train import train
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from conftest import make_cfg
 from dltips.data import load_dataset
 from dltips.models import build_mlp
-from dltips.run import OPTIMIZER_WIDE
+from dltips.run_state import OPTIMIZER_WIDE
 from dltips.stacked import StackedMLP, member_losses
 from dltips.step import (
     Rewind,

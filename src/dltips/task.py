@@ -22,7 +22,7 @@ from dltips.preflight import check_same_job, holds_a_run, sweep_jobs
 from dltips.process import configure_process
 from dltips.pruning import TrialPruning
 from dltips.resume import override_arg
-from dltips.run import Job
+from dltips.run_state import Job
 from dltips.runs import finished_metrics
 from dltips.sweep import record_failure, threads_per_job
 from dltips.train import train, train_group

@@ -2,7 +2,7 @@
 epoch loop, the finish.
 
 `train_group` trains K same-shaped runs at once (a batched sweep): one step trains all of
-them (dltips.step), one epoch loop drives them, and each `Run` (dltips.run) writes exactly
+them (dltips.step), one epoch loop drives them, and each `Run` (dltips.run_state) writes exactly
 what a single run writes. A single run is a group of one, so there is one loop, not two.
 The process's settings (threads, denormals, TF32, malloc) are the entry point's:
 dltips.process.configure_process, called before training.
@@ -24,7 +24,7 @@ from dltips.checkpoint import sole_writer
 from dltips.config import resolve_device, validate
 from dltips.data import read_cached
 from dltips.errors import CheckpointError, ConfigError, Interrupted
-from dltips.run import SAME_IN_GROUP, Job, Run, opened, written_dir
+from dltips.run_state import SAME_IN_GROUP, Job, Run, opened, written_dir
 from dltips.signals import catch_stop_signals
 from dltips.stacked import MemberOptimizer, StackedMLP
 from dltips.step import (

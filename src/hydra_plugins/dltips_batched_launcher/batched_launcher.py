@@ -113,7 +113,7 @@ class BatchedLauncher(Launcher):
             group_key,
             memory_cap,
         )
-        from dltips.run import Job
+        from dltips.run_state import Job
         from dltips.task import train_jobs
 
         # 1. set every job up as the basic launcher runs it, with the task's prepare_job in
