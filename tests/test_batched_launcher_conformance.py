@@ -8,8 +8,19 @@ import os
 
 import pytest
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from hydra import version
 
 from conftest import ROOT, run_script
+
+
+@pytest.fixture(autouse=True)
+def hydra_version_base_unset():
+    """Hydra's suites run apps without a version_base (chdir into each job's dir); any
+    compose with version_base="1.3" earlier in this process sets it for the process."""
+    base = version.VersionBase.instance()
+    saved, base.version_base = base.version_base, version._UNSPECIFIED_
+    yield
+    base.version_base = saved
 
 
 @pytest.mark.parametrize("launcher_name, overrides", [("batched", [])])
