@@ -7,8 +7,8 @@ import math
 import os
 
 import pytest
-from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 from hydra import version
+from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
 from conftest import ROOT, run_script
 
