@@ -70,7 +70,7 @@ def test_report_writes_markdown_tables_and_plots_from_a_tiny_sweep(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
     assert "## Depth and the activation function" in text and "## Mean squared error" in text
-    assert "Data: `mnist_5k`" in text and "python scripts/report.py depth loss" in text
+    assert "Ran: `mnist_5k`" in text and "python scripts/report.py depth loss" in text
     header = next(line for line in text.splitlines() if line.startswith("| model "))
     assert "model.depth" in header and "test/acc" in header  # differing settings as columns
     for png in ("depth_curves", "depth_model.depth", "depth_grad_norms", "loss_loss"):

@@ -150,6 +150,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
         make_cfg(*common, "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'part'}"),
         tmp_path / "new",
     )
+    # started with 2 epochs, labelled with the 4 it trained (summaries group it with "full")
+    assert resumed.pop("resumed_with") == {"trainer.max_epochs": "4"}
     assert without_time(resumed) == without_time(full)
     # the resumed run keeps writing into its own dir, and TensorBoard has each epoch once
     assert json.loads((tmp_path / "part" / "metrics.json").read_text())["epochs_trained"] == 4
