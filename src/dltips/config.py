@@ -131,11 +131,12 @@ def _type_problems(cfg: DictConfig, cls: type = schema.TrainConf, prefix: str = 
 _ABSENT = object()
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     """Raise ConfigError listing every value of `cfg` that cannot work.
 
     The schema (dltips.schema) has typed the values; these are the checks a type cannot
-    say: ranges, choices, and values that must agree with each other.
+    say: ranges, choices, and values that must agree with each other. `overrides` (the
+    command's) tell a value given on the command line from a default.
     """
     # a key added with `+` that no code reads: most likely a misspelling, silently ignored
     problems = _unknown_keys(cfg, known_keys())
@@ -169,6 +170,18 @@ def validate(cfg: DictConfig) -> None:
         check(
             _is_int(m.width) and m.width >= 1,
             f"model.width={m.width!r}: must be an integer >= 1 (or a list, one per layer).",
+        )
+    if m.get("params") is not None:
+        check(
+            m.params >= 1, f"model.params={m.params!r}: must be null (off) or an integer >= 1."
+        )
+        given = [o for o in overrides or [] if re.match(r"[+~]*model\.width=", o)]
+        if _is_list(m.width):
+            given.append(f"model.width={list(m.width)}")
+        check(
+            not given,
+            f"model.params={m.params} chooses the widths itself, so {(given or [''])[0]} "
+            "contradicts it: give one of model.params and model.width, not both.",
         )
     check(
         0 <= m.dropout < 1,

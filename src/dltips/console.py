@@ -46,6 +46,8 @@ def data_line(cfg: DictConfig, data: DataSplits) -> str:
     if cfg.train_size is not None:
         seed = cfg.get("subset_seed")
         subset = "the first N, " if seed is None else f"subset_seed={seed}, "
+    if cfg.get("bootstrap"):
+        subset += "a bootstrap resample: drawn with replacement, "
     return (
         f"Data {cfg.name}: {n_train:,} train ({subset}{per_class} per class) / "
         f"{len(data.y_val):,} val / {len(data.y_test):,} test images, {data.in_features} "
@@ -54,10 +56,14 @@ def data_line(cfg: DictConfig, data: DataSplits) -> str:
     )
 
 
-def model_line(model: nn.Module, device: str) -> str:
-    """'Model: 784-100-100-10 ReLU MLP, 89,610 parameters, on cpu'."""
+def model_line(model: nn.Module, device: str, budget: int | None = None) -> str:
+    """'Model: 784-100-100-10 ReLU MLP, 89,610 parameters, on cpu'; with a budget
+    (model.params), how far the count is from it."""
     params = sum(p.numel() for p in model.parameters())
-    return f"Model: {describe_model(model)}, {params:,} parameters, on {device}"
+    text = f"Model: {describe_model(model)}, {params:,} parameters"
+    if budget is not None:
+        text += f" (model.params={budget:,}: widths chosen, {(params - budget) / budget:+.2%})"
+    return f"{text}, on {device}"
 
 
 def describe_model(model: nn.Module) -> str:

@@ -21,6 +21,7 @@ from dltips.errors import ConfigError, DataError, OutputError
 log = logging.getLogger(__name__)
 
 MNIST_5K_TEST_SIZE = 1000  # fixed, stratified, the same for every seed
+BOOTSTRAP_STREAM = 0xB007  # xor-ed into `seed`: the resample's own random stream
 
 
 @dataclass
@@ -214,6 +215,13 @@ def split_train_val(
     return train, rest[held]
 
 
+def bootstrap(indices: torch.Tensor, seed: int) -> torch.Tensor:
+    """A bootstrap resample of `indices`: as many draws with replacement, from `seed` (its own
+    stream: not the validation hold-out's nor the batch order's draws)."""
+    generator = torch.Generator().manual_seed(seed ^ BOOTSTRAP_STREAM)
+    return indices[torch.randint(len(indices), (len(indices),), generator=generator)]
+
+
 def load_dataset(
     cfg: DictConfig, seed: int, raw: dict[str, torch.Tensor] | None = None
 ) -> DataSplits:
@@ -228,6 +236,8 @@ def load_dataset(
             f"{cfg.name} has {len(y)} images. Use a smaller data.val_size."
         )
     keep, held = split_train_val(y, cfg.train_size, cfg.val_size, cfg.get("subset_seed"), seed)
+    if cfg.get("bootstrap"):
+        keep = bootstrap(keep, seed)
 
     # each split a new float tensor, normalized in place: on Fashion-MNIST's 55,000 training
     # images every extra pass or copy costs tens of ms per run (never the cached data's own)

@@ -5,6 +5,7 @@ train (RESUMABLE) may differ and are logged; any other difference is refused bef
 anything is written.
 """
 
+import dataclasses
 import json
 import logging
 import re
@@ -13,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dltips.errors import CheckpointError
-from dltips.schema import keys_where
+from dltips.schema import keys_where, nodes
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ RESUMABLE = keys_where("resumable")
 # the RESUMABLE settings that change a run's results: a run resumed with another value is
 # labelled with it (metrics.json "resumed_with"), so no summary pools it with runs without
 DEFINES_RESULTS = keys_where("defines_results")
+# every key's default (dltips.schema), where it has one
+DEFAULTS = {k: f.default for k, f in nodes() if f.default not in (dataclasses.MISSING, MISSING)}
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -41,6 +44,8 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """(refused, allowed): 'key: old -> new' for every setting that differs."""
     old, new = flatten(saved), flatten(current)
+    # a key a later version added (model.params, data.bootstrap) had its default's meaning
+    old |= {k: DEFAULTS[k] for k in new.keys() - old.keys() if k in DEFAULTS}
     refused, allowed = [], []
     for key in sorted(old.keys() | new.keys()):
         if old.get(key) == new.get(key):

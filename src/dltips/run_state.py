@@ -30,7 +30,7 @@ from dltips.data import DataSplits, load_dataset
 from dltips.early_stopping import EarlyStopping
 from dltips.errors import CheckpointError, ConfigError, OutputError
 from dltips.losses import check_criterion
-from dltips.models import layer_names
+from dltips.models import layer_names, linear_layers
 from dltips.pruning import TrialPruning
 from dltips.resume import check_same_run, override_arg, resumed_with, rng_state
 from dltips.runs import finished_metrics, run_status
@@ -213,7 +213,8 @@ class Run:
         self.log.info(config_line(self.overrides, self.run_dir))
         data = data_line(self.cfg.data, self.data)
         self.log.info(data, extra=SAME_IN_GROUP)
-        self.log.info(model_line(self.model, str(self.device)), extra=SAME_IN_GROUP)
+        line = model_line(self.model, str(self.device), self.cfg.model.get("params"))
+        self.log.info(line, extra=SAME_IN_GROUP)
         remove_stale_temporaries(self.ckpt_dir)
         if self.resumed is None:  # so that even an interrupted first epoch can be resumed
             atomic_save(self.state(0), self.ckpt_dir / "last.pt")
@@ -388,6 +389,9 @@ class Run:
         self.result = _json_safe(result)
         atomic_write_json(self.result, self.run_dir / "metrics.json")
         hparams = {**key_hparams(self.cfg), STATUS: run_status(self.result)}
+        if self.cfg.model.get("params") is not None:  # the widths it chose, not the file's
+            widths = [layer.in_features for layer in linear_layers(self.model)[1:]]
+            hparams["model/width"] = str(widths)
         log_hparams(self.writer, hparams, final, step=epochs_trained)
         self.log.info(
             "Final (%s, best epoch %d of %d):  train/acc %.4f  val/acc %.4f  test/acc %.4f",

@@ -59,6 +59,14 @@ class ModelConf:
         "(`model.width=[500,200]`, length = depth)",
         hparam="model/width",
     )
+    params: int | None = meta(
+        None,
+        "a budget of parameters: null = off; N = choose the width so that the network at this "
+        "depth and activation has about N parameters (within 1% from 100,000 on, the last hidden "
+        "layer's width tuned; below, the nearest uniform width). The console prints the widths "
+        "and the exact count. Giving `model.width` with it is an error",
+        hparam="model/params",
+    )
     activation: Any = meta(
         doc="the activation, as `_target_:` a `torch.nn` class (`torch.nn.ReLU`) or "
         "`dltips.models.Maxout`; e.g. `model.activation._target_=torch.nn.GELU`",
@@ -189,6 +197,14 @@ class DataConf:
         "`mnist_5k` that is one or a few classes)",
         per_run=True,
         hparam="data/subset_seed",
+    )
+    bootstrap: bool = meta(
+        False,
+        "train on a bootstrap resample: N draws with replacement from the run's training split "
+        "(N = its size, after `train_size`), drawn with `seed`, so K seeds are K resamples "
+        "(bagging); validation and test splits are unchanged",
+        per_run=True,
+        hparam="data/bootstrap",
     )
     val_size: int = meta(
         doc="images held out of the training split for validation (seeded by `seed`, "

@@ -66,7 +66,7 @@ def train_group(jobs: list[Job]) -> list[dict[str, Any]]:
     Returns each run's metrics, in the jobs' order.
     """
     for job in jobs:
-        validate(job.cfg)  # every config error, before anything slow
+        validate(job.cfg, job.overrides)  # every config error, before anything slow
     # one process writes a run dir at a time: a run resumed while it still trains (a sweep
     # resumed twice) is refused before it logs or writes anything there
     with sole_writer([written_dir(job) for job in jobs]):
