@@ -58,8 +58,8 @@ def subset_accuracies(
     for _ in range(draws):
         order = torch.randperm(len(probs), generator=generator).to(probs.device)
         predicted = probs[order].cumsum(dim=0).argmax(dim=2)  # (S, N): the first k summed
-        accs.append((predicted == y).float().mean(dim=1))
-    accs = torch.stack(accs)  # (draws, S)
+        accs.append((predicted == y).sum(dim=1))
+    accs = torch.stack(accs).double() / len(y)  # (draws, S): each as evaluate() divides
     return {
         "draws": draws,
         "members": list(range(1, len(probs) + 1)),
