@@ -477,15 +477,15 @@ def evaluate_ensemble(
     log_probs = torch.stack(log_probs)  # (members, images, classes)
 
     # the ensemble: the mean of the members' probabilities; its loss is their mean's NLL
-    loss, acc = nll_and_accuracy(log_mean_exp(log_probs), y)
+    mean = log_mean_exp(log_probs)
+    loss, acc = nll_and_accuracy(mean, y)
     vote_acc = (vote(log_probs) == y).sum().item() / len(y)
     first = []
     for k in first_sizes(len(runs)):
         k_loss, k_acc = nll_and_accuracy(log_mean_exp(log_probs[:k]), y)
         first.append({"members": k, f"{split}/acc": k_acc, f"{split}/loss": finite_or_none(k_loss)})
     subsets = subset_accuracies(log_probs, y, cfg.seed)
-    n = first_classes
-    confusion = confusion_matrix(y, log_mean_exp(log_probs).argmax(dim=1), n)
+    confusion = confusion_matrix(y, mean.argmax(dim=1), first_classes)
     per_class = per_class_acc(confusion)
     result = {
         "split": split,
@@ -507,26 +507,15 @@ def evaluate_ensemble(
 
     noise = f", test_noise_std {first_data.test_noise_std}" if split == "test" else ""
     log.info("Ensemble of %d runs (the mean of their probabilities):", len(runs))
-    for i, row in enumerate(rows, 1):
+    for i, (run, row) in enumerate(zip(runs, rows), 1):
         log.info(
-            "  %d. %s (epoch %d)  %s/acc %.4f",
-            i,
-            row["run"],
-            row["epoch"],
-            split,
-            row[f"{split}/acc"],
+            "  %d. %s (epoch %d)  %s/acc %.4f", i, run, row["epoch"], split, row[f"{split}/acc"]
         )
         if row["warning"]:
             log.warning(row["warning"])
     if left_out:
         statuses = status_counts(r["status"] for r in left_out)
-        log.info(
-            "Left out of %s: %s run%s (%s)",
-            cfg.ckpt,
-            len(left_out),
-            "s" * (len(left_out) > 1),
-            statuses,
-        )
+        log.info("Left out of %s (did not complete): %s", cfg.ckpt, statuses)
     log.info("Data %s, %s split: %d images%s", first_data.name, split, len(y), noise)
     log.info(
         "%s/acc %.4f  %s/loss %.4f  %s/vote_acc %.4f", split, acc, split, loss, split, vote_acc
