@@ -399,7 +399,8 @@ def ensemble_runs(ckpt: Any) -> tuple[list[Path], list[dict[str, str]]] | None:
             f"({status_counts(runs['status'])}), so it holds no members for an ensemble."
         )
     left_out = [
-        {"run": str(root / r), "status": s} for r, s in runs.loc[~usable, ["run", "status"]].values
+        {"run": str((root / r).resolve()), "status": s}
+        for r, s in runs.loc[~usable, ["run", "status"]].values
     ]
     return [root / r for r in runs.loc[usable, "run"]], left_out
 
