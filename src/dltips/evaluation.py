@@ -23,9 +23,18 @@ from torch import nn
 from dltips.checkpoint import atomic_write_json, load_checkpoint
 from dltips.config import resolve_device, validate
 from dltips.data import load_dataset
+from dltips.ensemble import (
+    first_sizes,
+    log_mean_exp,
+    nll_and_accuracy,
+    plot_ensemble,
+    subset_accuracies,
+    vote,
+)
 from dltips.errors import CheckpointError, ConfigError, DataError, UserError
 from dltips.preflight import PreflightError, check_writable, claim_clock_named_dir, holds_a_run
-from dltips.runs import BadMetrics, read_metrics
+from dltips.runs import USABLE, BadMetrics, collect_runs, read_metrics, status_counts
+from dltips.runs import _natural_key as natural_key
 from dltips.step import evaluate
 from dltips.task import remove_unstarted
 
@@ -209,14 +218,34 @@ def model_sizes(state: dict) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def logits(model: nn.Module, x: torch.Tensor, bf16: bool, chunk: int = 10_000) -> torch.Tensor:
-    """The model's float32 logits for all of x, in eval mode, `chunk` images at a time."""
+def logits(
+    model: nn.Module, x: torch.Tensor, bf16: bool, chunk: int = 10_000, dropout: bool = False
+) -> torch.Tensor:
+    """The model's float32 logits for all of x, `chunk` images at a time, in eval mode; with
+    `dropout`, its dropout layers draw masks (MC dropout) while the rest stays in eval mode."""
     model.eval()
+    for layer in model.modules():
+        if isinstance(layer, nn.Dropout):
+            layer.train(dropout)
     out = []
     for i in range(0, len(x), chunk):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out.append(model(x[i : i + chunk]).float())
+    model.eval()
     return torch.cat(out)
+
+
+def mc_dropout_log_probs(
+    model: nn.Module, x: torch.Tensor, samples: int, bf16: bool, seed: int
+) -> torch.Tensor:
+    """Log of the mean softmax probabilities of `samples` passes with dropout on (MC
+    dropout), the masks drawn from torch's RNG seeded with `seed` (the process's own RNG
+    state is put back afterwards)."""
+    devices = [x.device.index] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        draws = [logits(model, x, bf16, dropout=True).log_softmax(dim=1) for _ in range(samples)]
+    return log_mean_exp(torch.stack(draws))
 
 
 # --- scripts/eval.py --------------------------------------------------------------------
@@ -241,17 +270,28 @@ def data_config(saved: DictConfig, chosen: DictConfig, overrides: list[str]) -> 
 
 
 def evaluate_checkpoint(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """Evaluate a checkpoint on a split; write eval.json and confusion_matrix.png to out_dir."""
+    """Evaluate a checkpoint on a split; write eval.json and confusion_matrix.png to out_dir.
+    With several runs in `ckpt` (a list, a sweep dir), evaluate their ensemble instead."""
     split = cfg.split
     if split not in SPLITS:
         raise ConfigError(f"split={split!r}: must be test, val or train.")
+    if not is_integer(cfg.mc_samples) or cfg.mc_samples < 0:
+        raise ConfigError(
+            f"mc_samples={cfg.mc_samples}: must be an integer >= 0, the number of dropout "
+            f"samples to average (0: no MC dropout)."
+        )
+    if not is_integer(cfg.seed):
+        raise ConfigError(f"seed={cfg.seed}: must be an integer.")
+    ensemble = ensemble_runs(cfg.ckpt)
+    if ensemble is not None:
+        return evaluate_ensemble(cfg, out_dir, overrides, *ensemble)
     device = resolve_device(cfg.trainer.device)
     path = resolve_ckpt(cfg.ckpt)
     ckpt = load_ckpt(path)
     status, warning = weights_note(path, ckpt["epoch"])
     saved = OmegaConf.create(ckpt["config"])
     data_cfg = data_config(saved, cfg.data, overrides)
-    given = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] == "data"]
+    given = data_overrides(overrides)
     # every check of the training config applies to the changed data config too
     validate(OmegaConf.merge(saved, {"data": data_cfg}))
 
@@ -259,24 +299,17 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path, overrides: list[str]) ->
     x, y = getattr(data, f"x_{split}").to(device), getattr(data, f"y_{split}").to(device)
     model = build_model(saved, ckpt["model"], data.in_features, data.num_classes, path)
     model = model.to(device)
-    try:
-        criterion = instantiate(saved.loss.criterion)
-    except Exception as err:
-        raise CheckpointError(f"Cannot build the loss of {path}: {err.__cause__ or err}") from err
+    criterion = build_criterion(saved, path)
     bf16 = str(saved.trainer.precision) == "bf16"
 
     # loss and accuracy exactly as train() measures them; the confusion matrix from logits
     loss, acc = evaluate(model, x, y, criterion, bf16)
-    predicted = logits(model, x, bf16).argmax(dim=1)
     n = data.num_classes
-    confusion = torch.bincount(y * n + predicted, minlength=n * n).view(n, n).cpu()
-    support = confusion.sum(dim=1)
-    per_class = [
-        None if s == 0 else c / s for c, s in zip(confusion.diag().tolist(), support.tolist())
-    ]
+    confusion = confusion_matrix(y, logits(model, x, bf16).argmax(dim=1), n)
+    per_class = per_class_acc(confusion)
     result = {
         "split": split,
-        f"{split}/loss": loss if math.isfinite(loss) else None,
+        f"{split}/loss": finite_or_none(loss),
         f"{split}/acc": acc,
         "per_class_acc": per_class,
         "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted
@@ -296,16 +329,250 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path, overrides: list[str]) ->
         log.warning(warning)
     log.info("Data %s, %s split: %d images%s", data_cfg.name, split, len(y), noise)
     log.info("%s/acc %.4f  %s/loss %.4f", split, acc, split, loss)
-    log.info(
-        "per-class acc:  %s",
-        "  ".join(f"{c}: {'-' if a is None else f'{a:.3f}'}" for c, a in enumerate(per_class)),
-    )
+    log.info("per-class acc:  %s", per_class_line(per_class))
+    if cfg.mc_samples:
+        result.update(mc_dropout(model, x, y, cfg, bf16, per_class))
     atomic_write_json(result, out_dir / "eval.json")
     diverged = ", of a diverged run" if status == "diverged" else ""
     title = f"{data_cfg.name} {split}{noise}: acc {acc:.4f} (epoch {ckpt['epoch']}{diverged})"
     plot_confusion(confusion, title).savefig(out_dir / "confusion_matrix.png", dpi=120)
     log.info("Outputs in %s", out_dir)
     return result
+
+
+def mc_dropout(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: DictConfig,
+    bf16: bool,
+    per_class: list[float | None],
+) -> dict[str, Any]:
+    """eval.json's MC dropout keys: the mean probabilities of cfg.mc_samples passes with
+    dropout on, next to the weight-scaled (plain) evaluation's per-class accuracy."""
+    split, samples = cfg.split, cfg.mc_samples
+    if not any(isinstance(layer, nn.Dropout) for layer in model.modules()):
+        log.warning("The model has no dropout layers: MC dropout equals the plain evaluation.")
+    mean = mc_dropout_log_probs(model, x, samples, bf16, cfg.seed)
+    loss, acc = nll_and_accuracy(mean, y)
+    mc_per_class = per_class_acc(confusion_matrix(y, mean.argmax(dim=1), mean.shape[1]))
+    log.info(
+        "MC dropout (%d samples, seed %d): mc_dropout/%s/acc %.4f  mc_dropout/%s/loss %.4f",
+        *(samples, cfg.seed, split, acc, split, loss),
+    )
+    log.info("per-class acc:  %s", per_class_line(mc_per_class))
+    return {
+        "mc_samples": samples,
+        "seed": cfg.seed,
+        f"mc_dropout/{split}/loss": finite_or_none(loss),
+        f"mc_dropout/{split}/acc": acc,
+        "per_class": {
+            "weight_scaled": per_class,
+            "mc_dropout": mc_per_class,
+            "difference": [  # mc_dropout minus weight_scaled
+                None if a is None else b - a for a, b in zip(per_class, mc_per_class)
+            ],
+        },
+    }
+
+
+def ensemble_runs(ckpt: Any) -> tuple[list[Path], list[dict[str, str]]] | None:
+    """(the runs of an ensemble in run order, the runs of a sweep dir left out and their
+    status) when `ckpt` is a list or a folder of runs that is no run itself; else None."""
+    if OmegaConf.is_list(ckpt) or isinstance(ckpt, list | tuple):
+        if len(ckpt) == 0:
+            raise ConfigError("ckpt=[]: name the runs of the ensemble, ckpt=[<run>,<run>,...].")
+        return sorted((Path(str(c)) for c in ckpt), key=natural_key), []
+    if ckpt is None or str(ckpt) == "":
+        return None
+    root = Path(str(ckpt))
+    if not root.is_dir() or holds_a_run(root):
+        return None
+    runs = collect_runs(root)
+    if runs.empty or (runs["run"] == ".").all():
+        return None
+    runs = runs[runs["run"] != "."]
+    usable = runs["status"].isin(USABLE)
+    if not usable.any():
+        raise CheckpointError(
+            f"ckpt={ckpt}: none of its {len(runs)} runs completed "
+            f"({status_counts(runs['status'])}), so it holds no members for an ensemble."
+        )
+    left_out = [
+        {"run": str((root / r).resolve()), "status": s}
+        for r, s in runs.loc[~usable, ["run", "status"]].values
+    ]
+    return [root / r for r in runs.loc[usable, "run"]], left_out
+
+
+def evaluate_ensemble(
+    cfg: DictConfig,
+    out_dir: Path,
+    overrides: list[str],
+    runs: list[Path],
+    left_out: list[dict[str, str]],
+) -> dict[str, Any]:
+    """The ensemble of `runs` (the mean of their softmax probabilities) on a split: write
+    eval.json, ensemble.png and the ensemble's confusion_matrix.png to out_dir."""
+    split = cfg.split
+    if cfg.mc_samples:
+        raise ConfigError(
+            f"mc_samples={cfg.mc_samples} evaluates one run, not an ensemble of {len(runs)}: "
+            f"give each run its own evaluation, e.g. python scripts/eval.py -m "
+            f"ckpt={','.join(str(r) for r in runs[:2])} mc_samples={cfg.mc_samples}"
+        )
+    device = resolve_device(cfg.trainer.device)
+    # every member's checkpoint and data config first: a mismatch stops before any data loads
+    members = []
+    for run in runs:
+        path = resolve_ckpt(run)
+        ckpt = load_ckpt(path)  # loaded again below: one member's weights in memory at a time
+        saved = OmegaConf.create(ckpt["config"])
+        data_cfg = data_config(saved, cfg.data, overrides)
+        validate(OmegaConf.merge(saved, {"data": data_cfg}))
+        classes = model_sizes(ckpt["model"])[1]
+        members.append((run, path, saved, data_cfg, classes))
+    first_run, _, _, first_data, first_classes = members[0]
+    for run, _, _, data_cfg, classes in members[1:]:
+        if (data_cfg.name, classes) != (first_data.name, first_classes):
+            raise ConfigError(
+                f"ckpt: the runs of an ensemble must share the data set and the number of "
+                f"classes: {first_run} has {first_data.name} ({first_classes} classes), {run} "
+                f"has {data_cfg.name} ({classes} classes)."
+            )
+
+    # each member sees the split as its own evaluation would (its normalization and seed);
+    # the images under that must be the same ones, in the same order, for every member
+    log_probs, rows, reference = [], [], None
+    for run, path, saved, data_cfg, _ in members:
+        plain = OmegaConf.merge(data_cfg, {"normalize": "none", "test_noise_std": 0.0})
+        raw = load_dataset(plain, seed=saved.seed)
+        images = getattr(raw, f"x_{split}"), getattr(raw, f"y_{split}")
+        if reference is None:
+            reference = images
+        elif not all(torch.equal(a, b) for a, b in zip(images, reference)):
+            raise ConfigError(
+                f"split={split}: {run} and {first_run} hold out different {split} images (another "
+                f"seed, data.train_size or data.val_size): evaluate their ensemble on split=test."
+            )
+        ckpt = load_ckpt(path)
+        data = load_dataset(data_cfg, seed=saved.seed)
+        x, y = getattr(data, f"x_{split}").to(device), getattr(data, f"y_{split}").to(device)
+        model = build_model(saved, ckpt["model"], data.in_features, data.num_classes, path)
+        model = model.to(device)
+        bf16 = str(saved.trainer.precision) == "bf16"
+        loss, acc = evaluate(model, x, y, build_criterion(saved, path), bf16)
+        log_probs.append(logits(model, x, bf16).log_softmax(dim=1))
+        status, warning = weights_note(path, ckpt["epoch"])
+        rows.append(
+            {
+                "run": str(run.resolve()),
+                "checkpoint": str(path.resolve()),
+                "epoch": ckpt["epoch"],
+                "run_status": status,
+                "warning": warning,
+                f"{split}/acc": acc,
+                f"{split}/loss": finite_or_none(loss),
+            }
+        )
+    log_probs = torch.stack(log_probs)  # (members, images, classes)
+
+    # the ensemble: the mean of the members' probabilities; its loss is their mean's NLL
+    mean = log_mean_exp(log_probs)
+    loss, acc = nll_and_accuracy(mean, y)
+    vote_acc = (vote(log_probs) == y).sum().item() / len(y)
+    first = []
+    for k in first_sizes(len(runs)):
+        k_loss, k_acc = nll_and_accuracy(log_mean_exp(log_probs[:k]), y)
+        first.append({"members": k, f"{split}/acc": k_acc, f"{split}/loss": finite_or_none(k_loss)})
+    subsets = subset_accuracies(log_probs, y, cfg.seed)
+    confusion = confusion_matrix(y, mean.argmax(dim=1), first_classes)
+    per_class = per_class_acc(confusion)
+    result = {
+        "split": split,
+        f"{split}/loss": finite_or_none(loss),  # NLL of the mean probabilities
+        f"{split}/acc": acc,  # argmax of the mean probabilities
+        f"{split}/vote_acc": vote_acc,  # majority vote; a tie goes to the lowest class
+        "per_class_acc": per_class,
+        "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted
+        "num_images": len(y),
+        "members": rows,
+        "left_out": left_out,  # runs of a sweep dir that did not complete
+        "first_members": first,  # the first 1, 2, 4, ... members (run order) and all
+        "subsets": subsets,  # k random members, for ensemble.png
+        "seed": cfg.seed,
+        "data_overrides": data_overrides(overrides),
+        "data": OmegaConf.to_container(first_data),  # the first member's
+        "device": str(device),
+    }
+
+    noise = f", test_noise_std {first_data.test_noise_std}" if split == "test" else ""
+    log.info("Ensemble of %d runs (the mean of their probabilities):", len(runs))
+    for i, (run, row) in enumerate(zip(runs, rows), 1):
+        log.info(
+            "  %d. %s (epoch %d)  %s/acc %.4f", i, run, row["epoch"], split, row[f"{split}/acc"]
+        )
+        if row["warning"]:
+            log.warning(row["warning"])
+    if left_out:
+        statuses = status_counts(r["status"] for r in left_out)
+        log.info("Left out of %s (did not complete): %s", cfg.ckpt, statuses)
+    log.info("Data %s, %s split: %d images%s", first_data.name, split, len(y), noise)
+    log.info(
+        "%s/acc %.4f  %s/loss %.4f  %s/vote_acc %.4f", split, acc, split, loss, split, vote_acc
+    )
+    log.info(
+        "first k members:  %s",
+        "  ".join(f"{row['members']}: {row[f'{split}/acc']:.4f}" for row in first),
+    )
+    log.info("per-class acc:  %s", per_class_line(per_class))
+    atomic_write_json(result, out_dir / "eval.json")
+    title = f"{first_data.name} {split}{noise}: ensemble of {len(runs)}, acc {acc:.4f}"
+    plot_confusion(confusion, title).savefig(out_dir / "confusion_matrix.png", dpi=120)
+    member_mean = sum(row[f"{split}/acc"] for row in rows) / len(rows)
+    curve = [(row["members"], row[f"{split}/acc"]) for row in first]
+    plot_ensemble(subsets, curve, member_mean, split, title).savefig(
+        out_dir / "ensemble.png", dpi=120
+    )
+    log.info("Outputs in %s", out_dir)
+    return result
+
+
+def data_overrides(overrides: list[str]) -> list[str]:
+    """The command line's `data` arguments (data=..., data.KEY=...)."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] == "data"]
+
+
+def build_criterion(saved: DictConfig, path: Path) -> nn.Module:
+    """The checkpoint's loss, built from its config."""
+    try:
+        return instantiate(saved.loss.criterion)
+    except Exception as err:
+        raise CheckpointError(f"Cannot build the loss of {path}: {err.__cause__ or err}") from err
+
+
+def confusion_matrix(y: torch.Tensor, predicted: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, n) counts on the CPU: rows the true class, columns the predicted one."""
+    return torch.bincount(y * n + predicted, minlength=n * n).view(n, n).cpu()
+
+
+def per_class_acc(confusion: torch.Tensor) -> list[float | None]:
+    """Each class's accuracy from a confusion matrix; None for a class with no images."""
+    support = confusion.sum(dim=1)
+    return [None if s == 0 else c / s for c, s in zip(confusion.diag().tolist(), support.tolist())]
+
+
+def per_class_line(per_class: list[float | None]) -> str:
+    return "  ".join(f"{c}: {'-' if a is None else f'{a:.3f}'}" for c, a in enumerate(per_class))
+
+
+def finite_or_none(value: float) -> float | None:
+    """A loss for JSON: None where it is NaN or infinite (a diverged run's)."""
+    return value if math.isfinite(value) else None
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def plot_confusion(confusion: torch.Tensor, title: str) -> Figure:
