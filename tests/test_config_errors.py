@@ -243,6 +243,13 @@ def test_a_loss_for_other_targets_fails_before_any_output(tmp_path):
             ],
         ),
         (
+            ["model.params=100000"],  # TINY_CLI gives model.width=32
+            [
+                "model.params=100000 chooses the widths itself, so model.width=32 contradicts "
+                "it: give one of model.params and model.width, not both."
+            ],
+        ),
+        (
             ["trainer.num_threads=-1"],
             ["trainer.num_threads=-1: must be null (torch's default) or an integer >= 1"],
         ),

@@ -15,7 +15,8 @@ from conftest import FASHION_DIR, make_cfg
 from dltips.data import load_dataset, read_cached, split_train_val, stratified_holdout
 from dltips.errors import CheckpointError, DataError
 from dltips.resume import check_same_run
-from dltips.train import train
+from dltips.run_state import Job
+from dltips.train import train, train_group
 
 
 def write_idx(path: Path, tensor: torch.Tensor) -> None:
@@ -276,3 +277,45 @@ def test_a_checkpoint_from_before_subset_seed_resumes_on_the_images_it_trained_o
     assert "add data.subset_seed=null" in str(err.value)
     legacy = make_cfg(f"data.train_size={train_size}", "data.subset_seed=null")
     check_same_run({"config": saved}, legacy, Path("last.pt"))
+
+
+def test_bootstrap_resamples_the_training_split_with_replacement(digits):
+    plain = load_dataset(make_cfg().data, seed=0)
+    cfgs = {s: make_cfg("data.bootstrap=true").data for s in (0, 1)}
+    a, again, b = (load_dataset(cfgs[s], seed=s) for s in (0, 0, 1))
+    assert len(a.y_train) == len(plain.y_train)  # N draws from the N training images
+    rows = {tuple(r) for r in plain.x_train.to(torch.uint8).tolist()}
+    drawn = [tuple(r) for r in a.x_train.to(torch.uint8).tolist()]
+    assert set(drawn) <= rows  # drawn from the run's own training split
+    assert len(set(drawn)) < 0.7 * len(drawn)  # with replacement: ~63% distinct
+    assert torch.equal(a.x_train, again.x_train)  # the seed draws it
+    assert not torch.equal(a.x_train, b.x_train)  # another seed, another resample
+    for split in ("x_val", "y_val", "x_test", "y_test"):  # untouched
+        assert torch.equal(getattr(a, split), getattr(plain, split))
+
+
+def test_bootstrap_keeps_each_members_own_resample_in_a_batched_group(tmp_path, monkeypatch):
+    import dltips.data
+
+    drawn = []
+    real = dltips.data.bootstrap
+    monkeypatch.setattr(
+        dltips.data, "bootstrap", lambda idx, seed: drawn.append((seed, r := real(idx, seed))) or r
+    )
+    cfgs = [make_cfg("data.bootstrap=true", f"seed={s}", "data.train_size=300") for s in (0, 1)]
+    train_group([Job(c, tmp_path / f"g{i}") for i, c in enumerate(cfgs)])
+    train(cfgs[1], tmp_path / "alone")
+    (s0, in_group0), (s1, in_group1), (s_alone, alone) = drawn
+    assert (s0, s1, s_alone) == (0, 1, 1)
+    assert torch.equal(in_group1, alone) and not torch.equal(in_group0, in_group1)
+    log = (tmp_path / "alone" / "train.log").read_text()
+    assert "a bootstrap resample: drawn with replacement" in log
+
+
+def test_a_checkpoint_from_before_bootstrap_and_params_resumes():
+    cfg = make_cfg()
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    del saved["data"]["bootstrap"], saved["model"]["params"]  # as 0.2.0 wrote it
+    check_same_run({"config": saved}, cfg, Path("last.pt"))
+    with pytest.raises(CheckpointError, match="data.bootstrap: False -> True"):
+        check_same_run({"config": saved}, make_cfg("data.bootstrap=true"), Path("last.pt"))

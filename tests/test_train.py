@@ -8,12 +8,15 @@ import sys
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import make_cfg
+from conftest import make_cfg, run_cli
 from dltips.checkpoint import load_checkpoint
+from dltips.config import validate
 from dltips.errors import CheckpointError, ConfigError
+from dltips.models import linear_layers, widths_for_params
 from dltips.train import train
 
 TIMINGS = ("wall_seconds", "seconds_per_epoch", "epoch_seconds")
@@ -242,3 +245,35 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
     assert result.returncode == 0, result.stderr
     pages = 104 * 2**20 // resource.getpagesize()  # what fresh mappings fault in
     assert float(result.stdout) < pages / 4
+
+
+@pytest.mark.parametrize("model", ["relu", "sigmoid", "maxout"])
+def test_model_params_builds_a_network_of_that_size(model):
+    for depth in range(1, 11):
+        for budget in (100_000, 287_654, 650_000, 1_500_000):
+            cfg = make_cfg(f"model={model}", f"model.depth={depth}", f"model.params={budget}")
+            net = instantiate(cfg.model, in_features=784, num_classes=10)
+            count = sum(p.numel() for p in net.parameters())
+            assert abs(count - budget) <= 0.01 * budget, (model, depth, budget, count)
+            assert len(linear_layers(net)) == depth + 1
+    # below 100,000: the nearest uniform width
+    net = instantiate(make_cfg("model.depth=3", "model.params=5000").model, 784, 10)
+    widths = {layer.in_features for layer in linear_layers(net)[1:]}
+    assert len(widths) == 1
+
+
+def test_model_params_prints_the_widths_and_the_count_and_refuses_a_width(tmp_path):
+    args = ["model.params=120000", "model.depth=3", "hydra.run.dir=run"]
+    result = run_cli("train.py", *args, "trainer.max_epochs=1", "data.train_size=200", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    widths = "-".join(str(w) for w in widths_for_params(120_000, 784, 10, 3))
+    count = metrics["num_params"]
+    assert abs(count - 120_000) <= 1200
+    assert f"Model: 784-{widths}-10 ReLU MLP, {count:,} parameters (model.params=120,000: " in (
+        result.stdout + result.stderr
+    )
+    for given in (["model.width=300"], ["model.width=[10,10,10]"]):
+        with pytest.raises(ConfigError, match="contradicts it: give one of model.params and"):
+            overrides = ["model.params=120000", "model.depth=3", *given]
+            validate(make_cfg(*overrides), overrides)

@@ -172,9 +172,7 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
             f"model.width={m.width!r}: must be an integer >= 1 (or a list, one per layer).",
         )
     if m.get("params") is not None:
-        check(
-            m.params >= 1, f"model.params={m.params!r}: must be null (off) or an integer >= 1."
-        )
+        check(m.params >= 1, f"model.params={m.params!r}: must be null (off) or an integer >= 1.")
         given = [o for o in overrides or [] if re.match(r"[+~]*model\.width=", o)]
         if _is_list(m.width):
             given.append(f"model.width={list(m.width)}")

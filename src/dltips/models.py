@@ -97,7 +97,8 @@ def widths_for_params(
     if params >= TUNED_FROM and depth > 1:
         rest = count(widths[:-1] + [0])  # the count without the last layer's units
         per_unit = (w + 1) * pieces + num_classes  # one unit of the last hidden layer
-        last = [max(1, math.floor((params - rest) / per_unit)), max(1, math.ceil((params - rest) / per_unit))]
+        exact = (params - rest) / per_unit
+        last = {max(1, math.floor(exact)), max(1, math.ceil(exact))}
         widths[-1] = min(last, key=lambda v: (abs(count(widths[:-1] + [v]) - params), v))
     return widths
 

@@ -79,6 +79,9 @@ class Section:
     grad_norms: bool = False  # per-layer gradient norms of the first epoch
     curves: str = "val/acc"  # per-epoch plot: a metric, or "lecture" / "early_stopping"
     launcher: str = BATCHED  # how the sweep's jobs run
+    also: list[str] = field(default_factory=list)  # a second sweep, into <name>_full
+    # a function of dltips.report_tips: (runs, eval dir, images dir) -> table, plots, sentences
+    analyse: str | None = None
 
 
 SECTIONS = {
@@ -153,6 +156,42 @@ SECTIONS = {
             plot_keys=["loss.l1"],
         ),
         Section(
+            "bagging",
+            "Bagging",
+            "2 x 128 ReLU units, Adam, 10,000 training images; each of 16 seeds draws its own "
+            "bootstrap resample (`data.bootstrap=true`), and scripts/eval.py averages the "
+            "networks' probabilities (`ckpt=[run, run, ...]`); with and without dropout 0.3.",
+            ["experiment=tips/bagging"],
+            seeds=16,  # the members: seeds are the resamples
+            analyse="analyse_bagging",
+        ),
+        Section(
+            "dropout_ensemble",
+            "Dropout as an ensemble",
+            "2 x 256 units with dropout 0.5, Adam, 10,000 training images; scripts/eval.py "
+            "`mc_samples=N` averages N sampled masks, against the usual weight scaling.",
+            ["experiment=tips/dropout_ensemble"],
+            analyse="analyse_dropout_ensemble",
+        ),
+        Section(
+            "deep_vs_wide",
+            "Deep and thin against shallow and wide, at equal size",
+            "1 to 6 hidden layers whose widths `model.params` chooses for 650,000 or 100,000 "
+            "parameters; ReLU and sigmoid, Adam, 10,000 training images.",
+            ["experiment=tips/deep_vs_wide"],
+            plot_keys=["model.depth"],
+        ),
+        Section(
+            "small_data",
+            "Tuning on a small set first",
+            "12 settings (SGD, momentum, RMSProp, Adam x lr 0.001, 0.01, 0.1; 2 x 128 ReLU, 5 "
+            "epochs) on 5%, 10% and 25% of the training split, 3 draws each "
+            "(`data.subset_seed`), against all of it (`experiment=tips/small_data_full`).",
+            ["experiment=tips/small_data"],
+            also=["experiment=tips/small_data_full"],
+            analyse="analyse_small_data",
+        ),
+        Section(
             "dropout",
             "Dropout, on clean and noisy test inputs",
             "3 x 512 ReLU units, Adam; test noise std 0 or 1.",
@@ -216,6 +255,9 @@ def run_section(section: Section, sweep_dir: Path, extra: list[str]) -> None:
     ]
     print(f"[report] {section.name}: {' '.join(command[1:])}", flush=True)
     subprocess.run(command, check=True)
+    if section.also:
+        also = Section(section.name + "_full", section.title, "", section.also, section.seeds)
+        run_section(also, sweep_dir.with_name(also.name), extra)
 
 
 @dataclass(frozen=True)
@@ -714,6 +756,45 @@ def early_stopping_figure(runs: pd.DataFrame) -> Figure:
     return fig
 
 
+def analysed(
+    section: Section, runs: pd.DataFrame, runs_dir: Path, images: Path
+) -> tuple[pd.DataFrame, list[Path], list[str]]:
+    """The table, plots and sentences of a section with its own analysis (report_tips),
+    whose evaluations go into <runs dir>/<name>_eval."""
+    from dltips import report_tips  # it builds on this module
+
+    analyse = getattr(report_tips, section.analyse)
+    return analyse(runs, runs_dir / f"{section.name}_eval", images)
+
+
+def plots_and_claims(
+    section: Section, runs: pd.DataFrame, all_runs: pd.DataFrame, sweep_dir: Path, images: Path
+) -> tuple[list[Path], list[str]]:
+    """A section's plots (curves, final metrics against its plot_keys, gradient norms) and
+    its measured sentences, from its finished runs (`runs`) and all of them."""
+    varying = varying_settings(runs)
+    curves = images / f"{section.name}_curves.png"
+    measured = []
+    if section.curves == "lecture":
+        figures = [plot_lecture(runs, curves)]
+        measured += step_claims(all_runs)
+    elif section.curves == "early_stopping":
+        figures = [plot_early_stopping(runs, curves)]
+    else:
+        # test noise changes no training curve: its runs would hide one another
+        keys = [k for k in varying if k != TEST_ONLY]
+        figures = [plot_curves(sweep_dir, runs, keys, curves, section.curves)]
+    for key in (k for k in section.plot_keys if k in runs):  # a key the sweep has
+        others = [k for k in varying if k != key]
+        figures.append(plot_against(runs, key, others, images / f"{section.name}_{key}.png"))
+        measured += ranking(all_runs, key, others)
+    if not section.plot_keys and varying and section.curves != "lecture":
+        measured += ranking_settings(all_runs, varying)
+    if section.grad_norms:
+        figures.append(plot_grad_norms(runs, images / f"{section.name}_grad_norms.png"))
+    return figures, measured
+
+
 def section_runs(sweep_dir: Path) -> pd.DataFrame:
     """Every run of a sweep, any status (failed and unfinished too), its run dir in `path`."""
     runs = collect_runs(sweep_dir) if sweep_dir.is_dir() else pd.DataFrame()
@@ -799,27 +880,12 @@ def write_report(
             parts += [f"Every run sets {overridden} over the presets described above.", ""]
         sweep = " ".join(section_overrides(section, extra))
         parts += [f"{ran_line(all_runs)} Sweep: `{sweep}`.", ""]
-        parts += [markdown_table(section_table(section, all_runs), digits=3), ""]
-        varying = varying_settings(runs)
-        curves = images / f"{section.name}_curves.png"
-        measured = []
-        if section.curves == "lecture":
-            figures = [plot_lecture(runs, curves)]
-            measured += step_claims(all_runs)
-        elif section.curves == "early_stopping":
-            figures = [plot_early_stopping(runs, curves)]
+        if section.analyse:  # the lecture's last tips: dltips.report_tips
+            table, figures, measured = analysed(section, runs, runs_dir, images)
         else:
-            # test noise changes no training curve: its runs would hide one another
-            keys = [k for k in varying if k != TEST_ONLY]
-            figures = [plot_curves(sweep_dir, runs, keys, curves, section.curves)]
-        for key in (k for k in section.plot_keys if k in runs):  # a key the sweep has
-            others = [k for k in varying if k != key]
-            figures.append(plot_against(runs, key, others, images / f"{section.name}_{key}.png"))
-            measured += ranking(all_runs, key, others)
-        if not section.plot_keys and varying and section.curves != "lecture":
-            measured += ranking_settings(all_runs, varying)
-        if section.grad_norms:
-            figures.append(plot_grad_norms(runs, images / f"{section.name}_grad_norms.png"))
+            table = section_table(section, all_runs)
+            figures, measured = plots_and_claims(section, runs, all_runs, sweep_dir, images)
+        parts += [markdown_table(table, digits=3), ""]
         parts += [f"![{f.stem}]({images.name}/{f.name})" for f in figures] + [""]
         if measured:
             parts += ["**Measured** (test/acc, mean ± std over the seeds that completed):", ""]

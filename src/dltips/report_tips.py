@@ -1,0 +1,358 @@
+"""The lecture's last tips in the report: bagging, dropout as an ensemble, and tuning on a
+small set. Each needs more than a table of runs: an evaluation after training
+(scripts/eval.py on the trained runs: ensembles, sampled dropout masks) or a comparison of
+rankings. The deep-vs-wide section is an ordinary one (dltips.report).
+
+Each `evaluate_*` runs scripts/eval.py once as a Hydra multirun into the section's eval dir
+(kept when complete, so a rerun of the report does not evaluate again); each `analyse_*`
+returns the section's table, plots and measured sentences from the runs and evaluations.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy import stats
+
+from dltips.plots import short_label
+from dltips.report import ROOT, _seconds_per_epoch, compare, counted, mean_std
+
+EVAL = ROOT / "scripts" / "eval.py"
+BAGGING_ENSEMBLE = 4  # members of each of the disjoint ensembles that give error bars
+MC_SAMPLES = (1, 2, 5, 10, 20, 50, 100)
+
+
+def run_eval(jobs: list[list[str]], out_dir: Path) -> list[dict]:
+    """eval.json of each job (a list of overrides): one `scripts/eval.py -m` sweep of all
+    of them into `out_dir`, or what an earlier complete sweep there wrote."""
+    results = [out_dir / str(i) / "eval.json" for i in range(len(jobs))]
+    if not all(p.is_file() for p in results):
+        shutil.rmtree(out_dir, ignore_errors=True)  # evaluations are cheap: all again
+        keys = list(dict.fromkeys(o.split("=", 1)[0] for job in jobs for o in job))
+        # one job per value of the first key; the others vary with it, so zip them by hand
+        if len(keys) == 1:
+            sweep = [f"{keys[0]}=" + ",".join(job[0].split("=", 1)[1] for job in jobs)]
+        else:
+            sweep = [f"{k}={v}" for k, v in _grid(jobs, keys).items()]
+        command = [sys.executable, str(EVAL), "-m", *sweep, f"hydra.sweep.dir={out_dir}"]
+        print(f"[report] eval: {len(jobs)} evaluations into {out_dir}", flush=True)
+        subprocess.run(command, check=True)
+    return [json.loads(p.read_text()) for p in results]
+
+
+def _grid(jobs: list[list[str]], keys: list[str]) -> dict[str, str]:
+    """The sweep values of `keys` when `jobs` are their full grid, first key slowest (as
+    Hydra's basic sweeper orders the jobs)."""
+    values = {
+        k: list(dict.fromkeys(dict(o.split("=", 1) for o in j)[k] for j in jobs)) for k in keys
+    }
+    grid = [[]]
+    for k in keys:
+        grid = [g + [f"{k}={v}"] for g in grid for v in values[k]]
+    assert grid == jobs, "run_eval takes a full grid, in Hydra's order"
+    return {k: ",".join(v) for k, v in values.items()}
+
+
+def _setting(runs: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    keys = [k for k in keys if k in runs]
+    if not keys:
+        return [({}, runs)]
+    return [
+        (dict(zip(keys, k if isinstance(k, tuple) else (k,))), g) for k, g in runs.groupby(keys)
+    ]
+
+
+def _label(setting: dict) -> str:
+    return " ".join(short_label(k, v) for k, v in setting.items()) or "all"
+
+
+def _by_seed(group: pd.DataFrame) -> pd.DataFrame:
+    return group.assign(_seed=pd.to_numeric(group["seed"])).sort_values("_seed")
+
+
+# --- bagging --------------------------------------------------------------------------------
+
+BAGGING_KEYS = ["data.bootstrap", "model.dropout"]
+
+
+def bagging_jobs(runs: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """(setting, what, member run dirs) of each ensemble to evaluate: per setting, all its
+    completed runs in seed order, then disjoint ensembles of BAGGING_ENSEMBLE of them."""
+    jobs = []
+    for setting, group in _setting(counted(runs), BAGGING_KEYS):
+        paths = list(_by_seed(group)["path"])
+        jobs.append((_label(setting), "all", paths))
+        for i in range(0, len(paths) - BAGGING_ENSEMBLE + 1, BAGGING_ENSEMBLE):
+            jobs.append(
+                (
+                    _label(setting),
+                    f"disjoint {i // BAGGING_ENSEMBLE}",
+                    paths[i : i + BAGGING_ENSEMBLE],
+                )
+            )
+    return jobs
+
+
+def evaluate_bagging(runs: pd.DataFrame, out_dir: Path) -> list[dict]:
+    jobs = bagging_jobs(runs)
+    return run_eval([[f"ckpt=[{','.join(paths)}]"] for _, _, paths in jobs], out_dir)
+
+
+def analyse_bagging(runs: pd.DataFrame, out_dir: Path, images: Path):
+    """Per setting (bootstrap, dropout): single members, disjoint ensembles of 4, the
+    ensemble of all and its vote; the accuracy against the number of members."""
+    jobs, results = bagging_jobs(runs), evaluate_bagging(runs, out_dir)
+    rows, disjoint, singles, curves = [], {}, {}, {}
+    for (label, what, _), result in zip(jobs, results):
+        if what == "all":
+            members = [m["test/acc"] for m in result["members"]]
+            singles[label], curves[label] = members, result["subsets"]
+            rows.append(
+                {
+                    "setting": label,
+                    "members": len(members),
+                    "single network": mean_std(pd.Series(members)),
+                    "best single": f"{max(members):.3f}",
+                    f"ensembles of {BAGGING_ENSEMBLE}": "",
+                    f"ensemble of {len(members)}": f"{result['test/acc']:.3f}",
+                    "its vote": f"{result['test/vote_acc']:.3f}",
+                    f"test/loss of {len(members)}": f"{result['test/loss']:.3f}",
+                }
+            )
+        else:
+            disjoint.setdefault(label, []).append(result["test/acc"])
+    for row in rows:
+        row[f"ensembles of {BAGGING_ENSEMBLE}"] = mean_std(
+            pd.Series(disjoint.get(row["setting"], []))
+        )
+    measured = []
+    for label, values in disjoint.items():
+        v = compare(values, singles[label])
+        verdict = (
+            "higher"
+            if v.different and v.difference > 0
+            else "lower"
+            if v.different
+            else "no difference detected"
+        )
+        measured.append(
+            f"{label}: {len(values)} disjoint ensembles of {BAGGING_ENSEMBLE} "
+            f"({mean_std(pd.Series(values))}) against its {len(singles[label])} single networks "
+            f"({mean_std(pd.Series(singles[label]))}): {verdict} (difference {v.difference:+.3f}, "
+            f"{_p(v.p)})"
+        )
+    bagged, dropout = (
+        "bootstrap=True dropout=0.0",
+        next(
+            (k for k in singles if k.startswith("bootstrap=False") and not k.endswith("=0.0")), None
+        ),
+    )
+    if bagged in disjoint and dropout:
+        v = compare(disjoint[bagged], singles[dropout])
+        verdict = (
+            "higher"
+            if v.different and v.difference > 0
+            else "lower"
+            if v.different
+            else "no difference detected"
+        )
+        measured.append(
+            f"bagging (ensembles of {BAGGING_ENSEMBLE} bootstrap networks, no dropout) against one "
+            f"network with {dropout.split()[-1]}: {verdict} (difference {v.difference:+.3f}, "
+            f"{_p(v.p)})"
+        )
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (label, sub) in enumerate(curves.items()):
+        color = f"C{i}"
+        ax.fill_between(sub["members"], sub["min"], sub["max"], color=color, alpha=0.15)
+        ax.plot(sub["members"], sub["mean"], "o-", color=color, markersize=3, label=label)
+    ax.set_xlabel("networks in the ensemble (mean of their probabilities)")
+    ax.set_ylabel("test/acc")
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(
+        "Bagging: ensembles of k networks (line: mean, band: min-max over random draws of k)"
+    )
+    path = images / "bagging_members.png"
+    fig.savefig(path, dpi=110)
+    return pd.DataFrame(rows), [path], measured
+
+
+# --- dropout as an ensemble -----------------------------------------------------------------
+
+
+def dropout_jobs(runs: pd.DataFrame) -> list[list[str]]:
+    paths = list(_by_seed(counted(runs))["path"])
+    return [[f"ckpt={p}", f"mc_samples={n}"] for p in paths for n in MC_SAMPLES]
+
+
+def analyse_dropout_ensemble(runs: pd.DataFrame, out_dir: Path, images: Path):
+    """The weight-scaling rule against the average of N sampled masks, per activation."""
+    usable = _by_seed(counted(runs))
+    results = run_eval(dropout_jobs(runs), out_dir)
+    model_of = dict(
+        zip(usable["path"], usable["model"] if "model" in usable else ["model"] * len(usable))
+    )
+    frame = pd.DataFrame(
+        {
+            "model": model_of[job[0].split("=", 1)[1]],
+            "N": int(job[1].split("=", 1)[1]),
+            "scaled": r["test/acc"],
+            "mc": r["mc_dropout/test/acc"],
+            "per_class": max(abs(d) for d in r["per_class"]["difference"] if d is not None),
+        }
+        for job, r in zip(dropout_jobs(runs), results)
+    )
+    rows, measured = [], []
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (model, group) in enumerate(frame.groupby("model", sort=False)):
+        scaled = list(group[group["N"] == MC_SAMPLES[0]]["scaled"])
+        row = {
+            "model": model,
+            "seeds": len(scaled),
+            "weight scaling (1 - p)": mean_std(pd.Series(scaled)),
+        }
+        means, lows, highs = [], [], []
+        for n, at_n in group.groupby("N"):
+            row[f"{n} mask{'s' * (n > 1)}"] = mean_std(at_n["mc"])
+            (
+                means.append(at_n["mc"].mean()),
+                lows.append(at_n["mc"].min()),
+                highs.append(at_n["mc"].max()),
+            )
+        top = group[group["N"] == MC_SAMPLES[-1]]
+        row[f"largest per-class difference at {MC_SAMPLES[-1]}"] = f"{top['per_class'].max():.3f}"
+        rows.append(row)
+        for n in (MC_SAMPLES[0], MC_SAMPLES[-1]):
+            v = compare(list(group[group["N"] == n]["mc"]), scaled)
+            verdict = (
+                "higher"
+                if v.different and v.difference > 0
+                else "lower"
+                if v.different
+                else "no difference detected"
+            )
+            measured.append(
+                f"{model}: the average of {n} mask{'s' * (n > 1)} against weight scaling: "
+                f"{verdict} "
+                f"(difference {v.difference:+.3f}, {_p(v.p)}, {len(scaled)} seeds)"
+            )
+        color = f"C{i}"
+        ax.fill_between(MC_SAMPLES, lows, highs, color=color, alpha=0.15)
+        ax.plot(MC_SAMPLES, means, "o-", color=color, label=f"{model}: average of N masks")
+        ax.axhline(
+            sum(scaled) / len(scaled), color=color, linestyle="--", label=f"{model}: weight scaling"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("N sampled dropout masks (log scale)")
+    ax.set_ylabel("test/acc")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title("Dropout as an ensemble: N sampled sub-networks against the weight-scaled one")
+    path = images / "dropout_ensemble_masks.png"
+    fig.savefig(path, dpi=110)
+    return pd.DataFrame(rows), [path], measured
+
+
+# --- tuning on a small set ------------------------------------------------------------------
+
+SMALL_KEYS = ["optim", "optim.lr"]
+
+
+def analyse_small_data(runs: pd.DataFrame, out_dir: Path, images: Path):
+    """Each subset draw's and seed's ranking of the settings against the full set's
+    (Spearman), per subset size, with the time each size took."""
+    from dltips.report import finished_runs
+
+    full = finished_runs(out_dir.with_name(out_dir.name.replace("_eval", "_full")))
+    key = lambda g: " ".join(short_label(k, g[k]) for k in SMALL_KEYS if k in g)  # noqa: E731
+    full = counted(full).assign(setting=lambda f: f.apply(key, axis=1))
+    reference = full.groupby("setting")["test/acc"].mean()
+    best_full = reference.idxmax()
+    small = counted(runs).assign(setting=lambda f: f.apply(key, axis=1))
+    rows, points, measured = [], [], []
+    total = len(pd.to_numeric(full["seed"]).unique())
+    for size, at_size in [*small.groupby(pd.to_numeric(small["data.train_size"])), ("full", full)]:
+        rhos, picks = [], []
+        draws = (
+            at_size.groupby(["data.subset_seed", "seed"])
+            if size != "full"
+            else at_size.groupby("seed")
+        )
+        for _, ranking in draws:
+            acc = ranking.set_index("setting")["test/acc"]
+            rho = stats.spearmanr(acc.sort_index(), reference[acc.sort_index().index]).statistic
+            rhos.append(rho)
+            picks.append(acc.idxmax())
+            if size != "full":
+                points.append((int(size), rho))
+        frame = pd.DataFrame(draws.size().reset_index()).assign(rho=rhos)
+        seconds = sum(  # a batched run's share of its group's time
+            _seconds_per_epoch(Path(path)) * epochs
+            for path, epochs in zip(at_size["path"], at_size["epochs"])
+        )
+        regret = [reference[best_full] - reference[p] for p in picks]
+        row = {
+            "train images": "55,000 (full)" if size == "full" else f"{int(size):,}",
+            "rankings": len(rhos),
+            "Spearman ρ with the full set": mean_std(pd.Series(rhos)),
+        }
+        if size != "full":
+            row["spread over seeds"] = (
+                f"{frame.groupby('data.subset_seed')['rho'].std().mean():.3f}"
+            )
+            row["spread over draws"] = f"{frame.groupby('seed')['rho'].std().mean():.3f}"
+        row["picks the full set's best"] = f"{sum(p == best_full for p in picks)} of {len(picks)}"
+        row["full-set test/acc lost by its pick"] = mean_std(pd.Series(regret))
+        row["minutes (all its runs)"] = f"{seconds / 60:.1f}"
+        rows.append(row)
+        if size != "full":
+            measured.append(
+                f"{int(size):,} images: ρ = {mean_std(pd.Series(rhos))} over {len(rhos)} rankings; "
+                f"its best setting is the full set's best ({best_full}) in "
+                f"{sum(p == best_full for p in picks)} of {len(picks)}, and costs "
+                f"{mean_std(pd.Series(regret))} of full-set test/acc"
+            )
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    sizes = sorted({s for s, _ in points})
+    ax.plot(
+        [s for s, _ in points],
+        [r for _, r in points],
+        "o",
+        alpha=0.4,
+        label="one subset draw and seed",
+    )
+    ax.plot(
+        sizes,
+        [pd.Series([r for s, r in points if s == x]).mean() for x in sizes],
+        "-",
+        label="mean",
+    )
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+    ax.set_xlabel("training images of the small set (log scale)")
+    ax.set_ylabel("Spearman ρ with the full set's ranking")
+    ax.set_ylim(min([-0.1, *(r for _, r in points)]), 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(f"Does the small set rank {len(reference)} settings as the full set does?")
+    path = images / "small_data_rank.png"
+    fig.savefig(path, dpi=110)
+    measured.insert(
+        0,
+        f"the full set's best setting: {best_full} (test/acc {reference[best_full]:.3f}, "
+        f"mean of {total} seeds)",
+    )
+    return pd.DataFrame(rows), [path], measured
+
+
+def _p(p: float) -> str:
+    return "no test" if p != p else "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
