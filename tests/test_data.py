@@ -294,7 +294,9 @@ def test_bootstrap_resamples_the_training_split_with_replacement(digits):
         assert torch.equal(getattr(a, split), getattr(plain, split))
 
 
-def test_bootstrap_keeps_each_members_own_resample_in_a_batched_group(tmp_path, monkeypatch):
+def test_bootstrap_keeps_each_members_own_resample_in_a_batched_group(
+    tmp_path, monkeypatch, caplog
+):
     import dltips.data
 
     drawn = []
@@ -304,12 +306,12 @@ def test_bootstrap_keeps_each_members_own_resample_in_a_batched_group(tmp_path, 
     )
     cfgs = [make_cfg("data.bootstrap=true", f"seed={s}", "data.train_size=300") for s in (0, 1)]
     train_group([Job(c, tmp_path / f"g{i}") for i, c in enumerate(cfgs)])
-    train(cfgs[1], tmp_path / "alone")
+    with caplog.at_level("INFO"):
+        train(cfgs[1], tmp_path / "alone")
     (s0, in_group0), (s1, in_group1), (s_alone, alone) = drawn
     assert (s0, s1, s_alone) == (0, 1, 1)
     assert torch.equal(in_group1, alone) and not torch.equal(in_group0, in_group1)
-    log = (tmp_path / "alone" / "train.log").read_text()
-    assert "a bootstrap resample: drawn with replacement" in log
+    assert "a bootstrap resample: drawn with replacement" in caplog.text
 
 
 def test_a_checkpoint_from_before_bootstrap_and_params_resumes():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import make_cfg, run_script
+from conftest import make_cfg, run_cli, run_script
 from dltips.train import train
 
 SHORT = ["data=mnist_5k", "data.train_size=null", "trainer.early_stopping.restore_best=true"]
@@ -80,3 +80,65 @@ def test_report_writes_markdown_tables_and_plots_from_a_tiny_sweep(tmp_path):
     again = run_script("report.py", "depth", "--from-runs", *where, cwd=tmp_path, timeout=120)
     assert again.returncode == 0 and "## Depth" in out.read_text()
     assert "## Mean squared error" not in out.read_text()
+
+
+# each preset of the lecture's last tips, narrowed to a few runs of one short epoch
+LAST_TIPS = {
+    "bagging": ["seed=0,1,2,3", "model.dropout=0,0.3"],
+    "dropout_ensemble": ["seed=0,1"],
+    "deep_vs_wide": ["model=relu", "model.params=100000", "model.depth=1,3"],
+    "small_data": [
+        "data.train_size=350,700",
+        "data.subset_seed=0,1",
+        "optim=sgd,adam",
+        "optim.lr=0.01,0.1",
+        "seed=0,1",
+    ],
+    "small_data_full": ["optim=sgd,adam", "optim.lr=0.01,0.1", "seed=0,1"],
+}
+
+
+@pytest.mark.slow
+def test_the_last_tips_presets_run_and_their_report_sections_are_written(tmp_path):
+    runs = tmp_path / "runs"
+    for name, narrow in LAST_TIPS.items():
+        result = run_cli(
+            "train.py",
+            "-m",
+            f"experiment=tips/{name}",
+            "data=mnist_5k",
+            "trainer.max_epochs=1",
+            "hydra/launcher=batched",
+            *narrow,
+            f"hydra.sweep.dir={runs / name}",
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, (name, result.stderr[-2000:])
+        assert len(list((runs / name).glob("*/metrics.json"))) >= 2, name
+    out = tmp_path / "page.md"
+    sections = ["bagging", "dropout_ensemble", "deep_vs_wide", "small_data"]
+    result = run_script(
+        "report.py",
+        *sections,
+        "--from-runs",
+        "--runs",
+        str(runs),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    # bagging: the ensembles scripts/eval.py evaluated, one row per setting
+    assert "| bootstrap=True dropout=0.0 | 4 |" in text
+    # per setting (bootstrap x dropout): the ensemble of all 4 and one disjoint ensemble of 4
+    assert len(list((runs / "bagging_eval").glob("*/eval.json"))) == 4 * 2
+    # dropout: N masks for each run, against weight scaling
+    assert "the average of 100 masks against weight scaling" in text
+    # deep vs wide: the ordinary section, ranked by depth
+    assert "model.depth" in text and "(results/deep_vs_wide_model.depth.png)" in text
+    # small data: a ranking per subset draw and seed against the full set's
+    assert "Spearman ρ with the full set" in text and "| 350 | 4 |" in text
+    for png in ("bagging_members", "dropout_ensemble_masks", "small_data_rank"):
+        assert (tmp_path / "page" / f"{png}.png").stat().st_size > 10_000
