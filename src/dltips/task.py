@@ -25,6 +25,7 @@ from dltips.resume import override_arg
 from dltips.run_state import Job
 from dltips.runs import finished_metrics
 from dltips.sweep import record_failure, threads_per_job
+from dltips.tensorboard_log import job_swept_keys, run_label
 from dltips.train import train, train_group
 
 log = logging.getLogger("dltips")
@@ -114,7 +115,8 @@ def prepare_job(
 ) -> Job | float:
     """What a sweep job needs before training: its Job, or its objective if there is
     nothing to train (finished before, or failed now)."""
-    threads = threads_per_job(HydraConfig.get().launcher.get("n_jobs"))
+    hc = HydraConfig.get()  # this job's, also in a batched sweep (set up job by job)
+    threads = threads_per_job(hc.launcher.get("n_jobs"))
     if threads and not cfg.trainer.num_threads:  # configure_process applies an explicit one
         torch.set_num_threads(threads)
     if cfg.sweep.resume:
@@ -127,9 +129,10 @@ def prepare_job(
             cfg = OmegaConf.merge(cfg, {"trainer": {"resume": str(run_dir)}})
     elif holds_a_run(run_dir):
         raise SystemExit(f"error: {run_dir} already holds a run; resume the sweep instead.")
-    pruning = TrialPruning.from_hydra(HydraConfig.get())  # None unless an Optuna search prunes
+    pruning = TrialPruning.from_hydra(hc)  # None unless an Optuna search prunes
     hint = override_arg("sweep.resume", sweep_dir)
-    return Job(cfg, run_dir, hint, pruning=pruning, overrides=overrides)
+    label = run_label(job_swept_keys(hc), overrides)
+    return Job(cfg, run_dir, hint, pruning=pruning, overrides=overrides, label=label)
 
 
 def train_jobs(jobs: list[Job]) -> list[float]:
