@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from dltips.config import check_override_types
 from dltips.errors import ConfigError, Interrupted, RunInUse, UserError
 from dltips.preflight import check_same_job, holds_a_run, sweep_jobs
 from dltips.process import configure_process
@@ -60,6 +61,19 @@ def run(cfg: DictConfig) -> float:
     except SystemExit:  # Ctrl-C before training started (see scripts/train.py)
         remove_unstarted(run_dir)
         raise
+
+
+def check_command_line(arguments: list[str]) -> None:
+    """Stop with one `error:` line, before Hydra starts, when a command-line value has the
+    wrong type for its key (`seed=abc`, a sweep's `seed=0,abc`): Hydra's own message takes
+    seven lines, and a sweep would leave its dir behind. A command with Hydra's options
+    (`--cfg job`, `-cn`; all but -m) is left to Hydra."""
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
+        return
+    try:
+        check_override_types([a for a in arguments if not a.startswith("-")])
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def check_not_a_sweep(hc: DictConfig) -> None:
