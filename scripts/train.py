@@ -18,7 +18,7 @@ with imports_without_garbage_collection():  # 0.5 s faster (see its docstring)
     import hydra
     from omegaconf import DictConfig
 
-    from dltips.task import batchable, run
+    from dltips.task import batchable, check_command_line, run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -29,4 +29,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])  # a value of the wrong type: one line, nothing written
     main()

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class RecordCallback(Callback):
@@ -26,7 +26,7 @@ class RecordCallback(Callback):
         metrics = Path(config.hydra.runtime.output_dir) / "metrics.json"
         line = {
             "event": event,
-            "job": config.hydra.job.num,
+            "job": OmegaConf.select(config, "hydra.job.num"),  # None: a single run
             "metrics": json.loads(metrics.read_text()) if metrics.is_file() else None,
             **fields,
         }

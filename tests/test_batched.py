@@ -4,6 +4,7 @@ import copy
 import json
 import re
 import signal
+from itertools import product
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,11 @@ def test_batched_sweep_through_the_cli(tmp_path):
         assert "epoch 3/3" in log and f"Outputs in {tmp_path / 'ok' / str(j)}" in log
         assert "Training 3 runs together" in log and "Data mnist_5k:" in log  # every job's
         assert (tmp_path / "ok" / str(j) / ".hydra" / "overrides.yaml").is_file()
+    # each job's TensorBoard run is named by its own values of the swept keys
+    runs = sorted(p.parent.relative_to(tmp_path / "ok") for p in tmp_path.glob("ok/*/*/*tfevents*"))
+    assert [r.as_posix() for r in runs] == [
+        f"{j}/model={m},seed={s}" for j, (m, s) in enumerate(product(("sigmoid", "relu"), range(3)))
+    ]
     assert (tmp_path / "ok" / "summary.md").is_file()
 
 

@@ -8,20 +8,24 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
-from conftest import TINY_CLI, make_cfg, run_cli
+from conftest import CONF_DIR, TINY_CLI, make_cfg, run_cli
 from dltips.tensorboard_log import (
     FINAL,
     METRICS,
     events_dir,
     experiment_summary,
+    job_swept_keys,
     log_sweep_hparams,
     open_writer,
+    pass_swept_keys,
     read_session,
     run_label,
+    swept_keys,
 )
 from dltips.train import train
 
@@ -136,46 +140,54 @@ def test_single_run_puts_learning_curves_first_and_grad_norms_as_log10(tmp_path)
         assert run.Scalars(info.name.tag)[-1].value == pytest.approx(metrics[info.display_name])
 
 
-def sweep_of(tmp_path: Path, *arguments: str, params: dict | None = None) -> Path:
-    """A sweep dir whose multirun.yaml records `arguments` as Hydra's sweeper does."""
-    config = {"hydra": {"overrides": {"task": list(arguments)}, "sweeper": {"params": params}}}
-    OmegaConf.save(OmegaConf.create(config), tmp_path / "multirun.yaml")
-    return tmp_path
+def sweep_config(*arguments: str, params: dict | None = None) -> DictConfig:
+    """A sweep's config as Hydra gives on_multirun_start: the command's overrides, the
+    sweeper's params (a preset's)."""
+    hydra = {"overrides": {"task": list(arguments), "hydra": []}, "sweeper": {"params": params}}
+    return OmegaConf.create({"hydra": hydra})
 
 
-def job(sweep: Path, num: int, *overrides: str) -> Path:
-    run_dir = sweep / str(num)
-    (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
-    return run_dir
-
-
-def test_run_label_names_only_swept_keys_and_is_a_safe_bounded_folder_name(tmp_path):
-    sweep = sweep_of(
-        tmp_path,
+def test_run_label_names_only_swept_keys_and_is_a_safe_bounded_folder_name():
+    sweep = sweep_config(
         "experiment=lecture/step1,lecture/step4",
         "trainer.max_epochs=3",
         "trainer.device=cpu,cuda",  # how to run, not what: never part of the name
         "optim.lr=tag(log, interval(0.0001, 0.1))",
         params={"model.depth": "1,2"},
     )
-    first = job(sweep, 0, "model.depth=2", "experiment=lecture/step4", "trainer.max_epochs=3",
-                "trainer.device=cpu", "optim.lr=0.00012345678901")  # fmt: skip
-    assert run_label(first) == "model.depth=2,experiment=lecture-step4,optim.lr=0.0001235"
-    long = job(sweep, 1, "model.depth=1", f"experiment={'x' * 200}", "optim.lr=0.001")
-    label = run_label(long)
+    keys = swept_keys(sweep)
+    assert keys == ["model.depth", "experiment", "trainer.device", "optim.lr"]
+    first = ["model.depth=2", "experiment=lecture/step4", "trainer.max_epochs=3",
+             "trainer.device=cpu", "optim.lr=0.00012345678901"]  # fmt: skip
+    assert run_label(keys, first) == "model.depth=2,experiment=lecture-step4,optim.lr=0.0001235"
+    label = run_label(keys, ["model.depth=1", f"experiment={'x' * 200}", "optim.lr=0.001"])
     assert len(label) == 80 and "/" not in label
     # every swept key stays in the name: the long value is cut, not the keys after it
     assert label.startswith("model.depth=1,experiment=xxx") and label.endswith("...,optim.lr=0.001")
-    assert run_label(job(tmp_path / "single", 0, "model=relu")) is None  # no multirun.yaml
+    assert run_label([], ["model=relu"]) is None  # a single run
+
+
+def test_each_job_gets_its_sweeps_keys_through_the_hydra_overrides():
+    # Hydra composes every job's config anew from the sweep's hydra overrides: the keys
+    # travel there, to jobs in this process or another; a sweep that varies nothing adds none
+    sweep = sweep_config("model=sigmoid,relu", "optim.lr=tag(log, interval(0.001, 0.1))")
+    pass_swept_keys(sweep)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        job = compose("train", list(sweep.hydra.overrides.hydra), return_hydra_config=True)
+        single = compose("train", ["model=relu"], return_hydra_config=True)
+    assert job_swept_keys(job.hydra) == ["model", "optim.lr"]
+    assert job_swept_keys(single.hydra) == []
+    fixed = sweep_config("model=relu")
+    pass_swept_keys(fixed)
+    assert list(fixed.hydra.overrides.hydra) == []
 
 
 def test_a_run_keeps_writing_where_its_events_are(tmp_path):
-    sweep = sweep_of(tmp_path, "model=sigmoid,relu")
-    old = job(sweep, 0, "model=sigmoid")
+    old = tmp_path / "0"
+    old.mkdir()
     (old / "events.out.tfevents.1.host").write_bytes(b"")  # a job of an earlier version
-    assert events_dir(old) == old
-    assert events_dir(job(sweep, 1, "model=relu")) == sweep / "1" / "model=relu"
+    assert events_dir(old, "model=sigmoid") == old
+    assert events_dir(tmp_path / "1", "model=relu") == tmp_path / "1" / "model=relu"
 
 
 def test_a_resumed_runs_events_sort_after_the_interrupted_runs(tmp_path):

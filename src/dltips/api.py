@@ -2,13 +2,14 @@
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.callbacks import Callbacks  # what Hydra.run uses; no public equivalent
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import run_job
 from hydra.types import HydraContext, RunMode
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from dltips.errors import UserError
@@ -55,6 +56,32 @@ def run(overrides: list[str] | None = None) -> dict:
             root.handlers[:], root.level = handlers, level
         callbacks.on_run_end(config=cfg, config_name="train", job_return=result)
     return result.return_value  # raises the run's exception if it failed
+
+
+class Callbacks:
+    """The config's `hydra.callbacks` (dltips.preflight's start checks, a user's own), built
+    with instantiate and called as Hydra's command line calls them (its class for that is
+    internal): in config order at a start, in reverse order at an end; run_job calls the
+    job's. A callback's exception is raised, where the command line only warns."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.callbacks = [instantiate(c) for c in cfg.hydra.callbacks.values()]
+
+    def on_run_start(self, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            callback.on_run_start(**kwargs)
+
+    def on_job_start(self, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            callback.on_job_start(**kwargs)
+
+    def on_job_end(self, **kwargs: Any) -> None:
+        for callback in reversed(self.callbacks):
+            callback.on_job_end(**kwargs)
+
+    def on_run_end(self, **kwargs: Any) -> None:
+        for callback in reversed(self.callbacks):
+            callback.on_run_end(**kwargs)
 
 
 def train_in_run_dir(cfg: DictConfig) -> dict:

@@ -1,4 +1,5 @@
-"""Checks of a composed config, so that a bad value fails before any training starts."""
+"""Checks of a composed config, and of the command line's values before Hydra composes,
+so that a bad value fails before any training starts."""
 
 import dataclasses
 import difflib
@@ -122,13 +123,47 @@ def _type_problems(cfg: DictConfig, cls: type = schema.TrainConf, prefix: str = 
         try:
             _scratch(cls)[f.name] = value
         except ValidationError as err:
-            problems.append(
-                f"{key}={value!r}: must be {_kind(f.type)} ({str(err).splitlines()[0]})."
-            )
+            shown = "null" if value is None else repr(value)
+            problems.append(f"{key}={shown}: must be {_kind(f.type)} ({str(err).splitlines()[0]}).")
     return problems
 
 
 _ABSENT = object()
+
+
+def check_override_types(overrides: list[str]) -> None:
+    """Raise ConfigError for command-line `overrides` whose values the schema's types refuse
+    (`seed=abc`, `trainer.max_epochs=1.5`), each value of a sweep too (`-m seed=0,abc`), as
+    Hydra would while it composes. Read with Hydra's own parser; an override it cannot read,
+    or one that picks a group's option (`model=relu`), is left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra names the syntax error
+        return
+    fields = dict(schema.nodes())
+    problems = []
+    for override in parsed:
+        key = override.key_or_group
+        if key not in fields or schema.is_node(fields[key]) or override.is_delete():
+            continue
+        if not override.is_sweep_override():
+            values = [override.value()]
+        elif override.is_discrete_sweep():  # seed=0,1 range(3) choice(...): each value
+            values = list(override.sweep_iterator())
+        else:  # interval(...): a search space, its bounds are the sweeper's to read
+            continue
+        for value in values:
+            if isinstance(value, str) and "${" in value:  # resolved when the run reads it
+                continue
+            cfg = OmegaConf.create()
+            OmegaConf.update(cfg, key, value)
+            problems += _type_problems(cfg)
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
 
 def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:

@@ -48,8 +48,8 @@ OPTIMIZER_WIDE = tuple(k.removeprefix("optim.") for k in keys_where("optimizer_w
 
 @dataclass
 class Job:
-    """One run to train: its config, its dir, the override that continues it, its log, and
-    the overrides it was given (what its config line shows)."""
+    """One run to train: its config, its dir, the override that continues it, its log, the
+    overrides it was given (what its config line shows) and its TensorBoard run's name."""
 
     cfg: DictConfig
     run_dir: Path
@@ -57,6 +57,7 @@ class Job:
     log: logging.Logger = log
     pruning: TrialPruning | None = None  # a trial of an Optuna search that may be pruned
     overrides: list[str] | None = None  # the command's (hydra.overrides.task); None: Python
+    label: str | None = None  # a sweep job's TensorBoard run: tensorboard_log.run_label
 
 
 # marks a log line that every run of a batched group logs alike (its data, its network):
@@ -105,7 +106,7 @@ class Run:
         self.resumed_with = resumed_with(self.resumed, cfg) if self.resumed else {}
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume_hint = job.resume_hint or override_arg("trainer.resume", self.run_dir)
-        self.pruning, self.overrides = job.pruning, job.overrides
+        self.pruning, self.overrides, self.label = job.pruning, job.overrides, job.label
 
         # data: the group's decoded data set, split, and moved to the device in one go
         torch.manual_seed(cfg.seed)
@@ -219,7 +220,7 @@ class Run:
         if self.resumed is None:  # so that even an interrupted first epoch can be resumed
             atomic_save(self.state(0), self.ckpt_dir / "last.pt")
         try:
-            self.writer = open_writer(self.run_dir, self.start_epoch + 1)
+            self.writer = open_writer(self.run_dir, self.start_epoch + 1, self.label)
         except OSError as err:
             raise OutputError(f"Cannot write TensorBoard events to {self.run_dir}: {err}") from err
 

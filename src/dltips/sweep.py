@@ -12,7 +12,7 @@ from dltips.checkpoint import atomic_write_json
 from dltips.early_stopping import metric_mode
 from dltips.pruning import search_storage, study_summary
 from dltips.runs import DONE, status_counts, summarize
-from dltips.tensorboard_log import log_sweep_hparams
+from dltips.tensorboard_log import log_sweep_hparams, pass_swept_keys
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,12 @@ def threads_per_job(n_jobs: int | None, cores: int | None = None) -> int | None:
 
 
 class SummaryCallback(Callback):
-    """Hydra callback: summary.csv, summary.md and the TensorBoard HParams experiment (the
-    swept keys first) in the sweep dir when a multirun ends."""
+    """Hydra callback: each job told what its sweep varies (its TensorBoard run's name) when
+    a multirun starts; summary.csv, summary.md and the TensorBoard HParams experiment (the
+    swept keys first) in the sweep dir when it ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        pass_swept_keys(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

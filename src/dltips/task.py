@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from dltips.config import check_override_types
 from dltips.errors import ConfigError, Interrupted, RunInUse, UserError
 from dltips.preflight import check_same_job, holds_a_run, sweep_jobs
 from dltips.process import configure_process
@@ -25,6 +26,7 @@ from dltips.resume import override_arg
 from dltips.run_state import Job
 from dltips.runs import finished_metrics
 from dltips.sweep import record_failure, threads_per_job
+from dltips.tensorboard_log import job_swept_keys, run_label
 from dltips.train import train, train_group
 
 log = logging.getLogger("dltips")
@@ -59,6 +61,19 @@ def run(cfg: DictConfig) -> float:
     except SystemExit:  # Ctrl-C before training started (see scripts/train.py)
         remove_unstarted(run_dir)
         raise
+
+
+def check_command_line(arguments: list[str]) -> None:
+    """Stop with one `error:` line, before Hydra starts, when a command-line value has the
+    wrong type for its key (`seed=abc`, a sweep's `seed=0,abc`): Hydra's own message takes
+    seven lines, and a sweep would leave its dir behind. A command with Hydra's options
+    (`--cfg job`, `-cn`; all but -m) is left to Hydra."""
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
+        return
+    try:
+        check_override_types([a for a in arguments if not a.startswith("-")])
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def check_not_a_sweep(hc: DictConfig) -> None:
@@ -114,7 +129,8 @@ def prepare_job(
 ) -> Job | float:
     """What a sweep job needs before training: its Job, or its objective if there is
     nothing to train (finished before, or failed now)."""
-    threads = threads_per_job(HydraConfig.get().launcher.get("n_jobs"))
+    hc = HydraConfig.get()  # this job's, also in a batched sweep (set up job by job)
+    threads = threads_per_job(hc.launcher.get("n_jobs"))
     if threads and not cfg.trainer.num_threads:  # configure_process applies an explicit one
         torch.set_num_threads(threads)
     if cfg.sweep.resume:
@@ -127,9 +143,10 @@ def prepare_job(
             cfg = OmegaConf.merge(cfg, {"trainer": {"resume": str(run_dir)}})
     elif holds_a_run(run_dir):
         raise SystemExit(f"error: {run_dir} already holds a run; resume the sweep instead.")
-    pruning = TrialPruning.from_hydra(HydraConfig.get())  # None unless an Optuna search prunes
+    pruning = TrialPruning.from_hydra(hc)  # None unless an Optuna search prunes
     hint = override_arg("sweep.resume", sweep_dir)
-    return Job(cfg, run_dir, hint, pruning=pruning, overrides=overrides)
+    label = run_label(job_swept_keys(hc), overrides)
+    return Job(cfg, run_dir, hint, pruning=pruning, overrides=overrides, label=label)
 
 
 def train_jobs(jobs: list[Job]) -> list[float]:

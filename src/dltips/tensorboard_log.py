@@ -13,7 +13,6 @@ What `tensorboard --logdir <sweep dir>` shows without a click:
   `<sweep dir>/hparams/`; each job writes only its own values (a session).
 """
 
-import functools
 import logging
 import math
 import re
@@ -21,14 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp  # `hparams.api` without TensorFlow
 from torch.utils.tensorboard import SummaryWriter
 
-from dltips.runs import USABLE, recorded_overrides, settings_of
+from dltips.resume import hydra_override
+from dltips.runs import USABLE, settings_of
 from dltips.schema import hparams, nodes
 
 log = logging.getLogger(__name__)
@@ -40,49 +41,52 @@ METRICS = ("val/acc", "test/acc", "val/loss", "test/loss", "train/acc", "train/l
 MAX_LABEL = 80  # characters of a run's label at most: it is a folder name
 STATUS = "status"  # the HParams column of a run's status (runs.STATUSES): always the first
 HPARAMS_DIR = "hparams"  # the sweep's experiment: a TensorBoard run of its own
+SWEPT_ENV = "DLTIPS_SWEPT_KEYS"  # a sweep job's hydra.job.env_set: the keys its sweep varies
 
 
-def swept_keys(sweep_dir: Path) -> list[str] | None:
-    """The keys a sweep varies, in command-line order (a preset's `hydra.sweeper.params`
-    first), from its multirun.yaml; None when `sweep_dir` holds no sweep."""
-    path = Path(sweep_dir) / "multirun.yaml"
-    if not path.is_file():
-        return None
-    stat = path.stat()  # every job asks; the file is parsed once per version (~60 ms each)
-    return list(_swept_keys(path, stat.st_mtime_ns, stat.st_size))
-
-
-@functools.lru_cache(maxsize=8)
-def _swept_keys(path: Path, mtime_ns: int, size: int) -> list[str] | None:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys the sweep of `config` (a sweep's config, as on_multirun_start gets it)
+    varies, in command-line order, the sweeper's `params` (a preset's) first."""
+    params = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params) if params else {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     try:
-        hydra = OmegaConf.load(path).hydra
-        params = hydra.sweeper.get("params")
-        params = OmegaConf.to_container(params) if params else {}
-        arguments = [f"{k}={v}" for k, v in params.items()]
-        arguments += OmegaConf.to_container(hydra.overrides.task)
         overrides = OverridesParser.create().parse_overrides(arguments)
-    except Exception as err:  # a hand-edited multirun.yaml: unnamed runs, never a failed job
-        log.warning("Cannot read the swept keys from %s (%s); runs are not named", path, err)
+    except Exception as err:  # a sweeper's own syntax: unnamed runs, never a failed sweep
+        log.warning("Cannot tell which keys the sweep varies (%s); runs are not named", err)
         return []
     keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
     return list(dict.fromkeys(keys))
 
 
-def run_label(run_dir: Path) -> str | None:
-    """A sweep job's swept overrides as a folder name (`model=sigmoid,optim=sgd`), or None
-    for a single run, a sweep that varies nothing, or a job without `.hydra/overrides.yaml`.
+def pass_swept_keys(config: DictConfig) -> None:
+    """Give each job of the sweep of `config` the keys the sweep varies, which its own config
+    lacks (its hydra.overrides.task holds its values only): as hydra.job.env_set.SWEPT_ENV,
+    through the sweep's hydra overrides, which Hydra composes every job's config with, in
+    this process or another (a SLURM job)."""
+    keys = swept_keys(config)
+    if keys:
+        override = hydra_override(f"++hydra.job.env_set.{SWEPT_ENV}", " ".join(keys))
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.overrides.hydra.append(override)
+
+
+def job_swept_keys(hydra_config: DictConfig) -> list[str]:
+    """The keys the sweep of a job varies, from the job's Hydra config (HydraConfig.get()):
+    what pass_swept_keys gave it; none for a single run."""
+    return hydra_config.job.env_set.get(SWEPT_ENV, "").split()
+
+
+def run_label(keys: list[str], overrides: list[str]) -> str | None:
+    """A sweep job's swept overrides as a folder name (`model=sigmoid,optim=sgd`): the
+    `keys` the sweep varies (job_swept_keys) with their values in the job's `overrides`
+    (hydra.overrides.task); None when it varies nothing (a single run: no keys).
 
     Slashes and other characters a folder name cannot hold become `-`, long numbers are
     cut to 4 significant digits, and the longest values so that the name has MAX_LABEL
     characters at most and still every swept key: the job number in front of it keeps each
     run's name unique.
     """
-    keys = swept_keys(Path(run_dir).parent)
-    overrides = recorded_overrides(run_dir)
-    if not keys or overrides is None:
-        return None
     settings = settings_of(overrides)
     pairs = [(k, _short_value(settings[k])) for k in keys if k in settings]
     # every key stays: the longest values are cut (to 4 characters at least) to fit
@@ -112,15 +116,14 @@ def _short_value(value: str) -> str:
         return value
 
 
-def events_dir(run_dir: Path) -> Path:
+def events_dir(run_dir: Path, label: str | None = None) -> Path:
     """Where a run writes its events: where it wrote them before (a resumed run stays one
-    TensorBoard run), else its labelled folder in a sweep, else the run dir itself."""
+    TensorBoard run), else its folder `label` (run_label) in a sweep, else the run dir."""
     run_dir = Path(run_dir)
     for pattern in ("events.out.tfevents.*", "*/events.out.tfevents.*"):
         found = sorted(run_dir.glob(pattern))
         if found:
             return found[0].parent
-    label = run_label(run_dir)
     return run_dir / label if label else run_dir
 
 
@@ -132,10 +135,10 @@ def _sweep_of(events: Path) -> Path | None:
     return None
 
 
-def open_writer(run_dir: Path, first_epoch: int) -> SummaryWriter:
-    """A writer on the run's events dir; on resume, events at or after `first_epoch` are
-    dropped."""
-    folder = events_dir(run_dir)
+def open_writer(run_dir: Path, first_epoch: int, label: str | None = None) -> SummaryWriter:
+    """A writer on the run's events dir (events_dir); on resume, events at or after
+    `first_epoch` are dropped."""
+    folder = events_dir(run_dir, label)
     if first_epoch > 1:
         wait_to_sort_after(folder)
     return SummaryWriter(log_dir=str(folder), purge_step=first_epoch if first_epoch > 1 else None)
