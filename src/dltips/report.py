@@ -177,7 +177,7 @@ SECTIONS = {
             "deep_vs_wide",
             "Deep and thin against shallow and wide, at equal size",
             "1 to 6 hidden layers whose widths `model.params` chooses for 650,000 or 100,000 "
-            "parameters; ReLU and sigmoid, Adam, 10,000 training images.",
+            "parameters; ReLU and sigmoid, Adam, 10,000 training images, 5 epochs.",
             ["experiment=tips/deep_vs_wide"],
             plot_keys=["model.depth"],
         ),

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from dltips.plots import short_label
-from dltips.report import ROOT, _seconds_per_epoch, compare, counted, mean_std
+from dltips.report import ROOT, Verdict, _seconds_per_epoch, compare, counted, mean_std
 
 EVAL = ROOT / "scripts" / "eval.py"
 BAGGING_ENSEMBLE = 4  # members of each of the disjoint ensembles that give error bars
@@ -68,6 +68,13 @@ def _setting(runs: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFra
 
 def _label(setting: dict) -> str:
     return " ".join(short_label(k, v) for k, v in setting.items()) or "all"
+
+
+def _on(setting: dict, *keys: str) -> tuple[bool, ...]:
+    """Whether each key is on in a setting: true, or a number other than 0."""
+    return tuple(
+        str(setting.get(k, "0")).lower() not in ("0", "0.0", "false", "none") for k in keys
+    )
 
 
 def _by_seed(group: pd.DataFrame) -> pd.DataFrame:
@@ -132,38 +139,33 @@ def analyse_bagging(runs: pd.DataFrame, out_dir: Path, images: Path):
     measured = []
     for label, values in disjoint.items():
         v = compare(values, singles[label])
-        verdict = (
-            "higher"
-            if v.different and v.difference > 0
-            else "lower"
-            if v.different
-            else "no difference detected"
-        )
         measured.append(
             f"{label}: {len(values)} disjoint ensembles of {BAGGING_ENSEMBLE} "
             f"({mean_std(pd.Series(values))}) against its {len(singles[label])} single networks "
-            f"({mean_std(pd.Series(singles[label]))}): {verdict} (difference {v.difference:+.3f}, "
-            f"{_p(v.p)})"
+            f"({mean_std(pd.Series(singles[label]))}): {_verdict(v)}"
         )
-    bagged, dropout = (
-        "bootstrap=True dropout=0.0",
-        next(
-            (k for k in singles if k.startswith("bootstrap=False") and not k.endswith("=0.0")), None
+    settings = {_label(setting): setting for setting, _ in _setting(counted(runs), BAGGING_KEYS)}
+    bagged = next(
+        (
+            k
+            for k, s in settings.items()
+            if _on(s, "data.bootstrap", "model.dropout") == (True, False)
         ),
+        None,
+    )
+    dropout = next(
+        (
+            k
+            for k, s in settings.items()
+            if _on(s, "data.bootstrap", "model.dropout") == (False, True)
+        ),
+        None,
     )
     if bagged in disjoint and dropout:
         v = compare(disjoint[bagged], singles[dropout])
-        verdict = (
-            "higher"
-            if v.different and v.difference > 0
-            else "lower"
-            if v.different
-            else "no difference detected"
-        )
         measured.append(
             f"bagging (ensembles of {BAGGING_ENSEMBLE} bootstrap networks, no dropout) against one "
-            f"network with {dropout.split()[-1]}: {verdict} (difference {v.difference:+.3f}, "
-            f"{_p(v.p)})"
+            f"network with {dropout.split()[-1]}: {_verdict(v)}"
         )
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
@@ -232,17 +234,9 @@ def analyse_dropout_ensemble(runs: pd.DataFrame, out_dir: Path, images: Path):
         rows.append(row)
         for n in (MC_SAMPLES[0], MC_SAMPLES[-1]):
             v = compare(list(group[group["N"] == n]["mc"]), scaled)
-            verdict = (
-                "higher"
-                if v.different and v.difference > 0
-                else "lower"
-                if v.different
-                else "no difference detected"
-            )
             measured.append(
                 f"{model}: the average of {n} mask{'s' * (n > 1)} against weight scaling: "
-                f"{verdict} "
-                f"(difference {v.difference:+.3f}, {_p(v.p)}, {len(scaled)} seeds)"
+                f"{_verdict(v)}"
             )
         color = f"C{i}"
         ax.fill_between(MC_SAMPLES, lows, highs, color=color, alpha=0.15)
@@ -300,7 +294,9 @@ def analyse_small_data(runs: pd.DataFrame, out_dir: Path, images: Path):
         )
         regret = [reference[best_full] - reference[p] for p in picks]
         row = {
-            "train images": "55,000 (full)" if size == "full" else f"{int(size):,}",
+            "train images": "all (each seed against the seeds' mean)"
+            if size == "full"
+            else f"{int(size):,}",
             "rankings": len(rhos),
             "Spearman ρ with the full set": mean_std(pd.Series(rhos)),
         }
@@ -352,6 +348,15 @@ def analyse_small_data(runs: pd.DataFrame, out_dir: Path, images: Path):
         f"mean of {total} seeds)",
     )
     return pd.DataFrame(rows), [path], measured
+
+
+def _verdict(v: Verdict) -> str:
+    """'higher (difference +0.012, p = 0.004)', or 'no difference detected at 3 and 16
+    values (p = 0.4)': compare()'s verdict on mean(a) - mean(b)."""
+    if not v.different:
+        return f"no difference detected at {v.n[0]} and {v.n[1]} values ({_p(v.p)})"
+    side = "higher" if v.difference > 0 else "lower"
+    return f"{side} (difference {v.difference:+.3f}, {_p(v.p)})"
 
 
 def _p(p: float) -> str:
