@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import file_digests, make_cfg, run_script, start_script, wait_for
+from conftest import file_digests, make_cfg, run_cli, run_script, start_script, wait_for
 from dltips.checkpoint import load_checkpoint
 from dltips.data import load_dataset
 from dltips.group import cpu_too_large, group_jobs, group_key, memory_cap, num_params
@@ -199,7 +199,7 @@ def test_on_the_cpu_only_networks_that_gain_from_batching_are_grouped():
 
 @pytest.mark.slow
 def test_batched_sweep_through_the_cli(tmp_path):
-    result = run_script(
+    result = run_cli(
         "train.py",
         "-m",
         "hydra/launcher=batched",
@@ -241,7 +241,7 @@ def test_batched_sweep_through_the_cli(tmp_path):
 @pytest.mark.slow
 def test_a_bad_job_fails_alone_and_the_rest_train_together(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_script(
+    result = run_cli(
         "train.py",
         "-m",
         "hydra/launcher=batched",
@@ -294,7 +294,7 @@ def test_interrupted_group_resumes_to_the_uninterrupted_result(tmp_path):
             k: v for k, v in b.items() if k not in TIMINGS
         }
     before = file_digests(sweep_dir / "0")
-    again = run_script("train.py", *command, f"sweep.resume={sweep_dir}", cwd=tmp_path)
+    again = run_cli("train.py", *command, f"sweep.resume={sweep_dir}", cwd=tmp_path)
     assert again.returncode == 0 and "Already completed, skipped" in again.stdout + again.stderr
     assert {k: v for k, v in file_digests(sweep_dir / "0").items() if k != "train.log"} == {
         k: v for k, v in before.items() if k != "train.log"
@@ -320,7 +320,7 @@ def test_an_improved_epoch_is_written_once_and_linked_as_best(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_bench_times_runs_alone_against_one_group(tmp_path):
-    result = run_script(
+    result = run_cli(
         "bench.py", "--members", "2", "--epochs", "1", "--alone", "1", "--width", "32", cwd=tmp_path
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
@@ -338,7 +338,7 @@ def test_a_batched_sweep_of_several_shapes_matches_the_sequential_sweep(tmp_path
     grid = ["model.width=32,64", "seed=0,1", "trainer.max_epochs=3"]
     shown = {}
     for launcher in ("batched", "basic"):
-        result = run_script(
+        result = run_cli(
             "train.py", "-m", f"hydra/launcher={launcher}", *grid,
             f"hydra.sweep.dir={tmp_path / launcher}", cwd=tmp_path,
         )  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import TINY_CLI, file_digests, run_script, start_script, wait_for
+from conftest import TINY_CLI, file_digests, run_cli, run_script, start_script, wait_for
 from dltips.sweep import threads_per_job
 from hydra_plugins.dltips_optuna_sweeper._search_space import search_space
 
@@ -36,7 +36,7 @@ def search(tmp_path: Path, *overrides: str, resume: bool = False, check: bool = 
     the search there; (its sweep dir, the result)."""
     sweep_dir = tmp_path / "search"
     where = f"sweep.resume={sweep_dir}" if resume else f"hydra.sweep.dir={sweep_dir}"
-    result = run_script(
+    result = run_cli(
         "train.py", "-m", "hparams_search=optuna", *TINY_CLI, *overrides, where, cwd=tmp_path
     )
     if check:
@@ -104,7 +104,7 @@ def test_tpe_search_keeps_its_study_and_the_summary_agrees(tmp_path):
     assert f"Best trial: **{best.number}** (run `{best.number}`), value {best.value:.4f}" in text
     assert re.search(rf"\| model.depth +\| {best.params['model.depth']} +\|", text)
 
-    result = run_script("plot.py", str(sweep_dir), cwd=tmp_path)
+    result = run_cli("plot.py", str(sweep_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in ("optuna_history.png", "optuna_importances.png"):
         png = sweep_dir / name

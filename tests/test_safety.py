@@ -12,7 +12,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import CPU_ONLY, ROOT, TINY_CLI, file_digests, run_script, start_script, wait_for
+from conftest import (
+    CPU_ONLY,
+    ROOT,
+    TINY_CLI,
+    file_digests,
+    run_cli,
+    run_script,
+    start_script,
+    wait_for,
+)
 from dltips.checkpoint import load_checkpoint
 from dltips.resume import override_arg
 from dltips.runs import summarize
@@ -42,7 +51,7 @@ def train_cli(tmp_path: Path, *args: str, cwd: Path | None = None):
     """scripts/train.py with TINY_CLI, flags (-m) first as argparse wants them."""
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
-    return run_script("train.py", *flags, *TINY_CLI, *overrides, cwd=cwd or tmp_path)
+    return run_cli("train.py", *flags, *TINY_CLI, *overrides, cwd=cwd or tmp_path)
 
 
 def last_epoch(run_dir: Path) -> int:
