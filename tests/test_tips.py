@@ -139,7 +139,7 @@ def test_the_last_tips_presets_run_and_their_report_sections_are_written(tmp_pat
     assert "| bootstrap=True dropout=0 " in text
     # per setting (bootstrap x dropout): the ensemble of all 4 and one disjoint ensemble of 4
     assert len(list((runs / "bagging_eval").glob("*/eval.json"))) == 4 * 2
-    assert "bagging (ensembles of 4 bootstrap networks, no dropout) against one network" in text
+    assert "Bagging (ensembles of 4 bootstrap networks, no dropout) against one network" in text
     # dropout: N masks for each run, against weight scaling
     assert "the average of 100 masks against weight scaling" in text
     # deep vs wide: the ordinary section, ranked by depth

@@ -9,6 +9,7 @@ returns the section's table, plots and measured sentences from the runs and eval
 """
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from dltips.plots import short_label
-from dltips.report import ROOT, Verdict, _seconds_per_epoch, compare, counted, mean_std
+from dltips.report import ALPHA, ROOT, Verdict, _seconds_per_epoch, compare, counted, mean_std
 
 EVAL = ROOT / "scripts" / "eval.py"
 BAGGING_ENSEMBLE = 4  # members of each of the disjoint ensembles that give error bars
@@ -113,7 +114,7 @@ def analyse_bagging(runs: pd.DataFrame, out_dir: Path, images: Path):
     """Per setting (bootstrap, dropout): single members, disjoint ensembles of 4, the
     ensemble of all and its vote; the accuracy against the number of members."""
     jobs, results = bagging_jobs(runs), evaluate_bagging(runs, out_dir)
-    rows, disjoint, singles, curves = [], {}, {}, {}
+    rows, disjoint, singles, curves, gains = [], {}, {}, {}, {}
     for (label, what, _), result in zip(jobs, results):
         if what == "all":
             members = [m["test/acc"] for m in result["members"]]
@@ -132,17 +133,29 @@ def analyse_bagging(runs: pd.DataFrame, out_dir: Path, images: Path):
             )
         else:
             disjoint.setdefault(label, []).append(result["test/acc"])
+            own = [m["test/acc"] for m in result["members"]]  # the ensemble's own members
+            gains.setdefault(label, []).append(result["test/acc"] - sum(own) / len(own))
     for row in rows:
         row[f"ensembles of {BAGGING_ENSEMBLE}"] = mean_std(
             pd.Series(disjoint.get(row["setting"], []))
         )
     measured = []
     for label, values in disjoint.items():
-        v = compare(values, singles[label])
+        # each ensemble against the mean of its own members: paired, so the two are not
+        # compared as if independent samples (they are the same networks)
+        test = stats.ttest_1samp(gains[label], 0.0) if len(gains[label]) > 1 else None
+        p = float(test.pvalue) if test is not None else math.nan
+        gain = sum(gains[label]) / len(gains[label])
+        verdict = (
+            f"{'higher' if gain > 0 else 'lower'} (by {gain:+.3f} on average, paired t-test, "
+            f"{_p(p)})"
+            if p < ALPHA
+            else f"no difference detected at {len(values)} ensembles ({_p(p)})"
+        )
         measured.append(
             f"{label}: {len(values)} disjoint ensembles of {BAGGING_ENSEMBLE} "
-            f"({mean_std(pd.Series(values))}) against its {len(singles[label])} single networks "
-            f"({mean_std(pd.Series(singles[label]))}): {_verdict(v)}"
+            f"({mean_std(pd.Series(values))}) against the mean of each one's own "
+            f"{BAGGING_ENSEMBLE} networks: {verdict}"
         )
     settings = {_label(setting): setting for setting, _ in _setting(counted(runs), BAGGING_KEYS)}
     bagged = next(
