@@ -1,5 +1,7 @@
 """The lecture's presets show the lecture's directions, and the report script writes its page."""
 
+import re
+
 import pytest
 
 from conftest import make_cfg, run_cli, run_script
@@ -143,8 +145,8 @@ def test_the_last_tips_presets_run_and_their_report_sections_are_written(tmp_pat
     # dropout: N masks for each run, against weight scaling
     assert "the average of 100 masks against weight scaling" in text
     # deep vs wide: the ordinary section, ranked by depth
-    assert "model.depth" in text and "(results/deep_vs_wide_model.depth.png)" in text
+    assert "model.depth" in text and "(page/deep_vs_wide_model.depth.png)" in text
     # small data: a ranking per subset draw and seed against the full set's
-    assert "Spearman ρ with the full set" in text and "| 350 | 4 |" in text
+    assert "Spearman ρ with the full set" in text and re.search(r"\| 350 +\| 4 +\|", text)
     for png in ("bagging_members", "dropout_ensemble_masks", "small_data_rank"):
         assert (tmp_path / "page" / f"{png}.png").stat().st_size > 10_000
