@@ -24,7 +24,7 @@ train:  ## one run with the default config
 sweep:  ## the 2x2 activation x optimizer grid
 	python scripts/train.py -m model=sigmoid,relu optim=sgd,adam
 
-report:  ## run the lecture and tips presets offline and rewrite docs/RESULTS.md (3 seeds per setting, 5 where runs take seconds: 755 runs, about 45 min on 2 cores, see docs/PERFORMANCE.md)
+report:  ## run the lecture and tips presets offline and rewrite docs/RESULTS.md (3 seeds per setting, 5 where runs take seconds: 755 runs, about 46 min on the 2-core AMD EPYC of 2026-12-07, see docs/PERFORMANCE.md)
 	python scripts/report.py --data fashion_mnist
 
 bench:  ## dltips' loop against the naive torchvision pipeline (docs/PERFORMANCE.md)
