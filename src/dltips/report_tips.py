@@ -3,9 +3,9 @@ small set. Each needs more than a table of runs: an evaluation after training
 (scripts/eval.py on the trained runs: ensembles, sampled dropout masks) or a comparison of
 rankings. The deep-vs-wide section is an ordinary one (dltips.report).
 
-Each `evaluate_*` runs scripts/eval.py once as a Hydra multirun into the section's eval dir
-(kept when complete, so a rerun of the report does not evaluate again); each `analyse_*`
-returns the section's table, plots and measured sentences from the runs and evaluations.
+Each `analyse_*` returns the section's table, plots and measured sentences from the runs;
+those that evaluate run scripts/eval.py once as a Hydra multirun into the section's eval
+dir (kept when complete, so a rerun of the report does not evaluate again).
 """
 
 import json
@@ -19,52 +19,40 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
-from dltips.plots import short_label
-from dltips.report import ALPHA, ROOT, Verdict, _seconds_per_epoch, compare, counted, mean_std
+from dltips.plots import settings_groups, short_label
+from dltips.report import (
+    ALPHA,
+    ROOT,
+    Verdict,
+    _seconds_per_epoch,
+    compare,
+    counted,
+    finished_runs,
+    mean_std,
+)
 
 EVAL = ROOT / "scripts" / "eval.py"
 BAGGING_ENSEMBLE = 4  # members of each of the disjoint ensembles that give error bars
 MC_SAMPLES = (1, 2, 5, 10, 20, 50, 100)
 
 
-def run_eval(jobs: list[list[str]], out_dir: Path) -> list[dict]:
-    """eval.json of each job (a list of overrides): one `scripts/eval.py -m` sweep of all
-    of them into `out_dir`, or what an earlier complete sweep there wrote."""
-    results = [out_dir / str(i) / "eval.json" for i in range(len(jobs))]
+def run_eval(sweep: list[str], jobs: int, out_dir: Path) -> list[dict]:
+    """eval.json of each of the `jobs` jobs of one `scripts/eval.py -m <sweep>` into
+    `out_dir` (in Hydra's order: the first key slowest), or what an earlier complete sweep
+    there wrote."""
+    results = [out_dir / str(i) / "eval.json" for i in range(jobs)]
     if not all(p.is_file() for p in results):
         shutil.rmtree(out_dir, ignore_errors=True)  # evaluations are cheap: all again
-        keys = list(dict.fromkeys(o.split("=", 1)[0] for job in jobs for o in job))
-        # one job per value of the first key; the others vary with it, so zip them by hand
-        if len(keys) == 1:
-            sweep = [f"{keys[0]}=" + ",".join(job[0].split("=", 1)[1] for job in jobs)]
-        else:
-            sweep = [f"{k}={v}" for k, v in _grid(jobs, keys).items()]
         command = [sys.executable, str(EVAL), "-m", *sweep, f"hydra.sweep.dir={out_dir}"]
-        print(f"[report] eval: {len(jobs)} evaluations into {out_dir}", flush=True)
+        print(f"[report] eval: {jobs} evaluations into {out_dir}", flush=True)
         subprocess.run(command, check=True)
     return [json.loads(p.read_text()) for p in results]
 
 
-def _grid(jobs: list[list[str]], keys: list[str]) -> dict[str, str]:
-    """The sweep values of `keys` when `jobs` are their full grid, first key slowest (as
-    Hydra's basic sweeper orders the jobs)."""
-    values = {
-        k: list(dict.fromkeys(dict(o.split("=", 1) for o in j)[k] for j in jobs)) for k in keys
-    }
-    grid = [[]]
-    for k in keys:
-        grid = [g + [f"{k}={v}"] for g in grid for v in values[k]]
-    assert grid == jobs, "run_eval takes a full grid, in Hydra's order"
-    return {k: ",".join(v) for k, v in values.items()}
-
-
-def _setting(runs: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]:
-    keys = [k for k in keys if k in runs]
-    if not keys:
-        return [({}, runs)]
-    return [
-        (dict(zip(keys, k if isinstance(k, tuple) else (k,))), g) for k, g in runs.groupby(keys)
-    ]
+def _settings(runs: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    """settings_groups of the `keys` the runs have, in the order of their values."""
+    groups = settings_groups(runs, [k for k in keys if k in runs])
+    return sorted(groups, key=lambda setting_runs: tuple(setting_runs[0].values()))
 
 
 def _label(setting: dict) -> str:
@@ -91,7 +79,7 @@ def bagging_jobs(runs: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
     """(setting, what, member run dirs) of each ensemble to evaluate: per setting, all its
     completed runs in seed order, then disjoint ensembles of BAGGING_ENSEMBLE of them."""
     jobs = []
-    for setting, group in _setting(counted(runs), BAGGING_KEYS):
+    for setting, group in _settings(counted(runs), BAGGING_KEYS):
         paths = list(_by_seed(group)["path"])
         jobs.append((_label(setting), "all", paths))
         for i in range(0, len(paths) - BAGGING_ENSEMBLE + 1, BAGGING_ENSEMBLE):
@@ -105,15 +93,12 @@ def bagging_jobs(runs: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
     return jobs
 
 
-def evaluate_bagging(runs: pd.DataFrame, out_dir: Path) -> list[dict]:
-    jobs = bagging_jobs(runs)
-    return run_eval([[f"ckpt=[{','.join(paths)}]"] for _, _, paths in jobs], out_dir)
-
-
 def analyse_bagging(runs: pd.DataFrame, out_dir: Path, images: Path):
     """Per setting (bootstrap, dropout): single members, disjoint ensembles of 4, the
     ensemble of all and its vote; the accuracy against the number of members."""
-    jobs, results = bagging_jobs(runs), evaluate_bagging(runs, out_dir)
+    jobs = bagging_jobs(runs)
+    ensembles = ",".join(f"[{','.join(paths)}]" for _, _, paths in jobs)
+    results = run_eval([f"ckpt={ensembles}"], len(jobs), out_dir)
     rows, disjoint, singles, curves, gains = [], {}, {}, {}, {}
     for (label, what, _), result in zip(jobs, results):
         if what == "all":
@@ -157,23 +142,9 @@ def analyse_bagging(runs: pd.DataFrame, out_dir: Path, images: Path):
             f"({mean_std(pd.Series(values))}) against the mean of each one's own "
             f"{BAGGING_ENSEMBLE} networks: {verdict}"
         )
-    settings = {_label(setting): setting for setting, _ in _setting(counted(runs), BAGGING_KEYS)}
-    bagged = next(
-        (
-            k
-            for k, s in settings.items()
-            if _on(s, "data.bootstrap", "model.dropout") == (True, False)
-        ),
-        None,
-    )
-    dropout = next(
-        (
-            k
-            for k, s in settings.items()
-            if _on(s, "data.bootstrap", "model.dropout") == (False, True)
-        ),
-        None,
-    )
+    on = {_label(s): _on(s, *BAGGING_KEYS) for s, _ in _settings(counted(runs), BAGGING_KEYS)}
+    bagged = next((label for label, o in on.items() if o == (True, False)), None)
+    dropout = next((label for label, o in on.items() if o == (False, True)), None)
     if bagged in disjoint and dropout:
         v = compare(disjoint[bagged], singles[dropout])
         measured.append(
@@ -202,27 +173,23 @@ def analyse_bagging(runs: pd.DataFrame, out_dir: Path, images: Path):
 # --- dropout as an ensemble -----------------------------------------------------------------
 
 
-def dropout_jobs(runs: pd.DataFrame) -> list[list[str]]:
-    paths = list(_by_seed(counted(runs))["path"])
-    return [[f"ckpt={p}", f"mc_samples={n}"] for p in paths for n in MC_SAMPLES]
-
-
 def analyse_dropout_ensemble(runs: pd.DataFrame, out_dir: Path, images: Path):
     """The weight-scaling rule against the average of N sampled masks, per activation."""
     usable = _by_seed(counted(runs))
-    results = run_eval(dropout_jobs(runs), out_dir)
-    model_of = dict(
-        zip(usable["path"], usable["model"] if "model" in usable else ["model"] * len(usable))
-    )
+    paths = list(usable["path"])
+    models = list(usable["model"]) if "model" in usable else ["model"] * len(paths)
+    sweep = [f"ckpt={','.join(paths)}", f"mc_samples={','.join(map(str, MC_SAMPLES))}"]
+    results = run_eval(sweep, len(paths) * len(MC_SAMPLES), out_dir)
+    jobs = [(model, n) for model in models for n in MC_SAMPLES]  # Hydra's order: ckpt slowest
     frame = pd.DataFrame(
         {
-            "model": model_of[job[0].split("=", 1)[1]],
-            "N": int(job[1].split("=", 1)[1]),
+            "model": model,
+            "N": n,
             "scaled": r["test/acc"],
             "mc": r["mc_dropout/test/acc"],
             "per_class": max(abs(d) for d in r["per_class"]["difference"] if d is not None),
         }
-        for job, r in zip(dropout_jobs(runs), results)
+        for (model, n), r in zip(jobs, results)
     )
     rows, measured = [], []
     fig = Figure(figsize=(8, 4.5), layout="constrained")
@@ -234,14 +201,9 @@ def analyse_dropout_ensemble(runs: pd.DataFrame, out_dir: Path, images: Path):
             "seeds": len(scaled),
             "weight scaling (1 - p)": mean_std(pd.Series(scaled)),
         }
-        means, lows, highs = [], [], []
         for n, at_n in group.groupby("N"):
             row[f"{n} mask{'s' * (n > 1)}"] = mean_std(at_n["mc"])
-            (
-                means.append(at_n["mc"].mean()),
-                lows.append(at_n["mc"].min()),
-                highs.append(at_n["mc"].max()),
-            )
+        spread = group.groupby("N")["mc"].agg(["mean", "min", "max"])
         top = group[group["N"] == MC_SAMPLES[-1]]
         row[f"largest per-class difference at {MC_SAMPLES[-1]}"] = f"{top['per_class'].max():.3f}"
         rows.append(row)
@@ -252,8 +214,10 @@ def analyse_dropout_ensemble(runs: pd.DataFrame, out_dir: Path, images: Path):
                 f"{_verdict(v)}"
             )
         color = f"C{i}"
-        ax.fill_between(MC_SAMPLES, lows, highs, color=color, alpha=0.15)
-        ax.plot(MC_SAMPLES, means, "o-", color=color, label=f"{model}: average of N masks")
+        ax.fill_between(spread.index, spread["min"], spread["max"], color=color, alpha=0.15)
+        ax.plot(
+            spread.index, spread["mean"], "o-", color=color, label=f"{model}: average of N masks"
+        )
         ax.axhline(
             sum(scaled) / len(scaled), color=color, linestyle="--", label=f"{model}: weight scaling"
         )
@@ -276,8 +240,6 @@ SMALL_KEYS = ["optim", "optim.lr"]
 def analyse_small_data(runs: pd.DataFrame, out_dir: Path, images: Path):
     """Each subset draw's and seed's ranking of the settings against the full set's
     (Spearman), per subset size, with the time each size took."""
-    from dltips.report import finished_runs
-
     full = finished_runs(out_dir.with_name(out_dir.name.replace("_eval", "_full")))
     key = lambda g: " ".join(short_label(k, g[k]) for k in SMALL_KEYS if k in g)  # noqa: E731
     full = counted(full).assign(setting=lambda f: f.apply(key, axis=1))
