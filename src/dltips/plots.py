@@ -165,10 +165,9 @@ def settings_groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.
     if not keys:
         return [({}, runs)]
     labels = runs[keys].map(_setting)
-    groups = labels.groupby(keys, sort=False).groups
-    return [
-        (dict(zip(keys, name if isinstance(name, tuple) else (name,))), runs.loc[index])
-        for name, index in groups.items()
+    return [  # grouped by a list, each name is a tuple
+        (dict(zip(keys, name)), runs.loc[group.index])
+        for name, group in labels.groupby(keys, sort=False)
     ]
 
 
