@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 import dltips.report as report
-from conftest import ROOT, make_cfg, run_script
+from conftest import ROOT, make_cfg, run_cli
 from dltips.config import validate
 from dltips.group import group_key
 from dltips.plots import (
@@ -50,7 +50,7 @@ SEEDS = "seed=0,1,2"
 
 def sweep(root: Path, *overrides: str) -> pd.DataFrame:
     """A real batched sweep over seeds 0, 1, 2 on mnist_5k; its finished runs."""
-    result = run_script(
+    result = run_cli(
         "train.py",
         "-m",
         SEEDS,
@@ -444,7 +444,7 @@ def test_lecture_steps_are_compared_with_the_last_step_that_completed():
 @pytest.mark.slow
 def test_a_page_made_with_set_says_what_its_runs_were(tmp_path):
     page = tmp_path / "page.md"
-    result = run_script(
+    result = run_cli(
         "report.py",
         "normalize",
         "--data",
