@@ -249,9 +249,10 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 
 @pytest.mark.parametrize("model", ["relu", "sigmoid", "maxout"])
 def test_model_params_builds_a_network_of_that_size(model):
+    cfg = make_cfg(f"model={model}")
     for depth in range(1, 11):
         for budget in (100_000, 287_654, 650_000, 1_500_000):
-            cfg = make_cfg(f"model={model}", f"model.depth={depth}", f"model.params={budget}")
+            cfg.model.depth, cfg.model.params = depth, budget
             net = instantiate(cfg.model, in_features=784, num_classes=10)
             count = sum(p.numel() for p in net.parameters())
             assert abs(count - budget) <= 0.01 * budget, (model, depth, budget, count)
