@@ -149,14 +149,13 @@ def test_median_pruner_stops_the_trials_with_lr_10(tmp_path):
     [
         ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
         ["hydra/launcher=batched"],
-        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
     ],
-    ids=["joblib", "batched", "submitit"],
+    ids=["joblib", "batched"],
 )
 def test_launchers_run_two_trials_at_a_time_and_they_prune(tmp_path, launcher):
-    """joblib and submitit (SLURM's local stand-in): each trial in its own process,
-    reaching the study through the sqlite file; batched: two trials trained as one model,
-    a pruned one frozen while the other goes on."""
+    """joblib: each trial in its own process, reaching the study through the sqlite file
+    (as with submitit and SLURM, whose launchers test_sweeps.py runs); batched: two trials
+    trained as one model, a pruned one frozen while the other goes on."""
     sweep_dir, _ = search(tmp_path, *LR_SEARCH, *launcher, "hydra.sweeper.n_jobs=2")
     check_lr_10_pruned(sweep_dir)
     if "hydra/launcher=joblib" in launcher:

@@ -165,7 +165,7 @@ def slurm() -> None:
 
 
 @pytest.mark.slow
-def test_slurm_launcher_runs_a_four_job_sweep(tmp_path, slurm):
+def test_slurm_launcher_runs_a_sweep_as_slurm_jobs(tmp_path, slurm):
     sweep_dir = sweep(
         tmp_path,
         "hydra/launcher=slurm",
@@ -173,14 +173,13 @@ def test_slurm_launcher_runs_a_four_job_sweep(tmp_path, slurm):
         "hydra.launcher.timeout_min=10",
         "hydra.launcher.mem_gb=1",
         "model=sigmoid,relu",
-        "optim=sgd,adam",
         in_subprocess=True,
         timeout=600,
     )
-    assert statuses(sweep_dir) == {str(i): "completed" for i in range(4)}
-    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 4
+    assert statuses(sweep_dir) == {"0": "completed", "1": "completed"}
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
     summary = pd.read_csv(sweep_dir / "summary.csv")
-    assert list(summary["status"]) == ["completed"] * 4
+    assert list(summary["status"]) == ["completed"] * 2
 
 
 def free_port() -> int:
