@@ -131,7 +131,14 @@ def test_the_last_tips_presets_run_and_their_report_sections_are_written(tmp_pat
     sections = ["bagging", "dropout_ensemble", "deep_vs_wide", "small_data"]
     with mock.patch.object(report_tips, "MC_SAMPLES", (1, 100)):  # 8 evaluations, not 28
         result = run_cli(
-            "report.py", *sections, "--from-runs", "--runs", str(runs), "--out", str(out), cwd=tmp_path
+            "report.py",
+            *sections,
+            "--from-runs",
+            "--runs",
+            str(runs),
+            "--out",
+            str(out),
+            cwd=tmp_path,
         )
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
