@@ -5,6 +5,7 @@ import platform
 import resource
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import make_cfg, run_cli
 from dltips.checkpoint import load_checkpoint
-from dltips.config import validate
+from dltips.config import resolve_device, validate
 from dltips.errors import CheckpointError, ConfigError
 from dltips.models import linear_layers, widths_for_params
 from dltips.train import train
@@ -223,6 +224,25 @@ def test_bad_config_fails_before_writing_anything(tmp_path):
 def test_auto_device_picks_what_the_machine_has(tmp_path):
     metrics = train(make_cfg("trainer.device=auto", "trainer.max_epochs=1"), tmp_path)
     assert metrics["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_auto_device_picks_cuda_then_apples_mps_then_the_cpu():
+    """MPS with torch's availability checks patched: unmeasured on real Apple hardware."""
+    for cuda, mps, wanted in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
+        with (
+            mock.patch("torch.cuda.is_available", return_value=cuda),
+            mock.patch("torch.backends.mps.is_available", return_value=mps),
+        ):
+            assert resolve_device("auto").type == wanted
+    with mock.patch("torch.backends.mps.is_available", return_value=True):
+        assert resolve_device("mps") == torch.device("mps")
+        with pytest.raises(ConfigError, match="CUDA device, and trainer.device=mps runs on"):
+            validate(make_cfg("trainer.device=mps", "trainer.cuda_graphs=true"))  # graphs: CUDA's
+    with (
+        mock.patch("torch.backends.mps.is_available", return_value=False),
+        pytest.raises(ConfigError, match="trainer.device=mps: Apple's MPS is not available"),
+    ):
+        resolve_device("mps")
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")

@@ -317,7 +317,8 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     if t.cuda_graphs is True and device is not None and device.type != "cuda":
         problems.append(
             f"trainer.cuda_graphs=true needs a CUDA device, and trainer.device={t.device} runs "
-            f"on the CPU here. Use trainer.cuda_graphs=auto (graphs wherever CUDA is) or false."
+            f"on the {device.type.upper()} here. Use trainer.cuda_graphs=auto (graphs wherever "
+            f"CUDA is) or false."
         )
     check(
         str(t.precision) in ("32", "bf16"),
@@ -376,15 +377,25 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """torch.device for trainer.device (auto | cpu | cuda | cuda:N), checked against the machine."""
+    """torch.device for trainer.device (auto | cpu | cuda | cuda:N | mps), checked against the
+    machine; auto picks CUDA, then Apple's MPS, then the CPU."""
     name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(
+                "trainer.device=mps: Apple's MPS is not available on this machine (it needs a "
+                "Mac with Apple silicon and a torch build with MPS). Use trainer.device=cpu or auto."
+            )
+        return torch.device("mps")
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
     if not match:
-        raise ConfigError(f"trainer.device={name!r}: must be auto, cpu, cuda or cuda:N.")
+        raise ConfigError(f"trainer.device={name!r}: must be auto, cpu, cuda, cuda:N or mps.")
     if not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.device={name}: CUDA is not available on this machine "

@@ -241,8 +241,8 @@ def mc_dropout_log_probs(
     """Log of the mean softmax probabilities of `samples` passes with dropout on (MC
     dropout), the masks drawn from torch's RNG seeded with `seed` (the process's own RNG
     state is put back afterwards)."""
-    devices = [x.device.index] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    devices = [] if x.device.type == "cpu" else [x.device.index or 0]  # CUDA's or MPS's too
+    with torch.random.fork_rng(devices=devices, device_type=x.device.type):
         torch.manual_seed(seed)
         draws = [logits(model, x, bf16, dropout=True).log_softmax(dim=1) for _ in range(samples)]
     return log_mean_exp(torch.stack(draws))

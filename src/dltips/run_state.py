@@ -176,6 +176,8 @@ class Run:
             self.dropout_rng.set_state(ckpt["rng"]["dropout"])
         if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        if self.device.type == "mps" and "mps" in ckpt["rng"]:
+            torch.mps.set_rng_state(ckpt["rng"]["mps"])
         self.start_epoch = int(ckpt["epoch"])
         self.history = ckpt["history"]
         self.train_seconds = list(ckpt.get("epoch_seconds", []))

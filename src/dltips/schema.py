@@ -261,8 +261,8 @@ class TrainerConf:
     )
     device: str = meta(
         "auto",
-        "`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`. The model and the whole data set "
-        "are moved to the device once",
+        "`auto` (CUDA, else Apple's MPS, else the CPU), `cpu`, `cuda`, `cuda:N`, `mps`. The "
+        "model and the whole data set are moved to the device once",
         resumable=True,
         shown=False,
     )
