@@ -78,6 +78,12 @@ def files(job_dir: Path) -> list[str]:
     return sorted(n.split("events.out.tfevents")[0] + "events" for n in names)
 
 
+def job_state(job_id: str) -> str:
+    """The SLURM job's state in squeue (PENDING, RUNNING, ...); empty once it has left."""
+    found = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True)
+    return found.stdout.decode().strip()
+
+
 def batched_sweep(tmp_path: Path, *overrides: str) -> Path:
     """The same sweep with hydra/launcher=batched, in this process."""
     sweep_dir = tmp_path / "batched"
@@ -142,20 +148,22 @@ def test_a_group_preempted_mid_epoch_is_requeued_and_ends_as_if_never_stopped(tm
         cwd=tmp_path,
     )
     last = sweep_dir / "1" / "checkpoints" / "last.pt"
-    wait_for(lambda: last.is_file() and load_checkpoint(last)["epoch"] >= 1, 120, "epoch 1")
-    job_id = next((sweep_dir / ".submitit").glob("*/*_submitted.pkl")).parent.name
-    # what SLURM sends a job it preempts (or signal_delay_s before its time limit), as
-    # submitit has it ask for: SIGUSR2 to the job's steps
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-
-    def requeued() -> bool:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True)
-        return state.stdout.strip() == b"PENDING"
-
-    wait_for(requeued, 60, "the requeued job")
-    # SLURM holds a requeued job for two minutes (its begin time): start it now
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
-    out, _ = proc.communicate(timeout=180)
+    job_id = None
+    try:
+        wait_for(lambda: last.is_file() and load_checkpoint(last)["epoch"] >= 1, 120, "epoch 1")
+        job_id = next((sweep_dir / ".submitit").glob("*/*_submitted.pkl")).parent.name
+        # what SLURM sends a job it preempts (or signal_delay_s before its time limit), as
+        # submitit has it ask for: SIGUSR2 to the job's steps
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        wait_for(lambda: job_state(job_id) == "PENDING", 60, "the requeued job")
+        # SLURM holds a requeued job for two minutes (its begin time): start it now
+        subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+        out, _ = proc.communicate(timeout=180)
+    finally:  # a failure leaves no job behind
+        if proc.poll() is None:
+            proc.kill()
+            if job_id:
+                subprocess.run(["scancel", job_id])
     assert proc.returncode == 0, out[-3000:]
     submitit_log = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.out"))
     assert "this job is preempted" in submitit_log and f"Requeued job {job_id}" in submitit_log

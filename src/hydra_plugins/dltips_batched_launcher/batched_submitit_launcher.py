@@ -14,7 +14,6 @@ last epoch in its checkpoints; submitit requeues the group, which continues its 
 each job its own submitit job. `batched_submitit_local` does the same with local processes.
 """
 
-import copy
 import logging
 import os
 import signal
@@ -32,7 +31,7 @@ from hydra_plugins.hydra_submitit_launcher.config import (
     SlurmQueueConf,
 )
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.dltips_batched_launcher.batched_launcher import BatchedLauncher, group_caps
 
@@ -149,11 +148,10 @@ class BatchedSubmititLauncher(BaseSubmititLauncher):
 
         keys, cfgs = [], {}
         for overrides, num in zip(job_overrides, numbers):
-            config = self.hydra_context.config_loader.load_sweep_config(
+            task_cfg = self.hydra_context.config_loader.load_sweep_config(
                 self.config, list(overrides)
             )
-            task_cfg = copy.deepcopy(config)  # what the task gets: the config without hydra
-            with open_dict(task_cfg):
+            with read_write(task_cfg), open_dict(task_cfg):  # what the task gets, as run_job
                 del task_cfg["hydra"]
             try:
                 keys.append(group_key(task_cfg))
