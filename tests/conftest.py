@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,6 +155,18 @@ def wait_for(condition, timeout: float = 60, what: str = "condition") -> None:
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """A working SLURM: .ci/start_slurm.sh starts one on this machine (as root)."""
+    if shutil.which("sinfo") is None and shutil.which("apt-get") is None:
+        pytest.skip("SLURM is not installed and cannot be (no apt-get)")
+    result = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "start_slurm.sh")], capture_output=True, text=True, timeout=600
+    )
+    if result.returncode != 0:
+        pytest.skip(f"SLURM could not start: {result.stderr.strip()}")
 
 
 # the smallest CLI run that still learns: a few seconds, most of it start-up

@@ -14,7 +14,14 @@ from hydra.utils import instantiate
 from conftest import file_digests, make_cfg, run_cli, start_script, wait_for
 from dltips.checkpoint import load_checkpoint
 from dltips.data import load_dataset
-from dltips.group import cpu_too_large, group_jobs, group_key, memory_cap, num_params
+from dltips.group import (
+    cpu_too_large,
+    free_memory,
+    group_jobs,
+    group_key,
+    memory_cap,
+    num_params,
+)
 from dltips.models import build_mlp
 from dltips.run_state import Job
 from dltips.stacked import MemberOptimizer, StackedLinear, StackedMLP, member_losses
@@ -195,8 +202,9 @@ def test_on_the_cpu_only_networks_that_gain_from_batching_are_grouped():
     assert num_params(lecture) == sum(
         p.numel() for p in instantiate(lecture.model, 784, 10).parameters()
     )
-    assert cpu_too_large(lecture) and memory_cap(lecture) == 1
-    assert not cpu_too_large(small) and memory_cap(small) > 1
+    assert cpu_too_large(lecture, "cpu") and memory_cap(lecture, *free_memory(lecture)) == 1
+    assert not cpu_too_large(small, "cpu") and memory_cap(small, *free_memory(small)) > 1
+    assert not cpu_too_large(lecture, "cuda")  # a GPU gains from batching it
 
 
 @pytest.mark.slow

@@ -159,7 +159,10 @@ def test_help_lists_the_groups_their_options_and_examples(tmp_path):
     tips = sorted(p.stem for p in (CONF_DIR / "experiment" / "tips").glob("*.yaml"))
     assert f"experiment/tips: {', '.join(tips)}\n" in text
     # Hydra's own groups: the launchers a sweep can use and the search's pruners
-    assert "hydra/launcher: basic, batched, joblib, slurm, submitit_local" in text
+    assert (
+        "hydra/launcher: basic, batched, batched_submitit_local, batched_submitit_slurm, joblib, "
+        "slurm, submitit_local" in text
+    )
     assert "hydra/sweeper/pruner: hyperband, median, none" in text
     examples = [line for line in text.splitlines() if line.strip().startswith("python scripts/")]
     assert len(examples) == 3 and any(" -m " in e for e in examples)

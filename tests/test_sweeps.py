@@ -152,18 +152,6 @@ def test_submitit_local_launcher(tmp_path):
     assert statuses(sweep_dir) == {"0": "completed", "1": "completed"}
 
 
-@pytest.fixture(scope="session")
-def slurm() -> None:
-    """A working SLURM: .ci/start_slurm.sh starts one on this machine (as root)."""
-    if shutil.which("sinfo") is None and shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and cannot be (no apt-get)")
-    result = subprocess.run(
-        ["bash", str(ROOT / ".ci" / "start_slurm.sh")], capture_output=True, text=True, timeout=600
-    )
-    if result.returncode != 0:
-        pytest.skip(f"SLURM could not start: {result.stderr.strip()}")
-
-
 @pytest.mark.slow
 def test_slurm_launcher_runs_a_sweep_as_slurm_jobs(tmp_path, slurm):
     sweep_dir = sweep(

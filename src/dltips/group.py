@@ -4,7 +4,8 @@ Jobs whose configs differ only in per-run settings (PER_RUN: seed, learning rate
 ...) share one model shape, optimizer class, loss, data and schedule, so one step can train
 them all (dltips.step, dltips.train.train_group). Everything else splits groups. A group
 is capped by `max_members`, or by default by an estimate of its memory against what is
-free. The launcher (hydra_plugins/dltips_batched_launcher) uses these functions.
+free (hydra/launcher=batched) or what the nodes a submitit launcher asks for hold. The
+launchers (hydra_plugins/dltips_batched_launcher) use these functions.
 """
 
 import json
@@ -82,25 +83,33 @@ def bytes_per_run(cfg: DictConfig) -> int:
     return 4 * (4 * num_params(cfg) + activations + train_images * 785)
 
 
-def cpu_too_large(cfg: DictConfig) -> bool:
-    """Whether the network is too large to gain from batching on the CPU.
+def cpu_too_large(cfg: DictConfig, device_type: str) -> bool:
+    """Whether the network is too large to gain from batching on a `device_type` device.
 
     A group saves per-step overhead (Python, dispatch), not arithmetic or memory traffic:
     each run still multiplies by its own weights. On 2 CPU cores (docs/PERFORMANCE.md) a
     group of 784-1000-1000-10 (1.8M parameters) gained 1.04x, and one of the lecture's
     13 x 689 networks (6.2M) trained 1.3 to 1.5x slower than the same runs one by one.
     """
-    return resolve_device(cfg.trainer.device).type == "cpu" and num_params(cfg) > CPU_MAX_PARAMS
+    return device_type == "cpu" and num_params(cfg) > CPU_MAX_PARAMS
 
 
-def memory_cap(cfg: DictConfig) -> int:
-    """How many runs fit in half of the free memory of the device they train on; 1 (each
-    run alone) for a network too large to gain from batching on the CPU."""
-    if cpu_too_large(cfg):
+def memory_cap(cfg: DictConfig, device_type: str, memory: int) -> int:
+    """How many runs fit in half of `memory` bytes of a `device_type` device ("cpu" or
+    "cuda"); 1 (each run alone) for a network too large to gain from batching on the CPU.
+    The local batched launcher passes its device's free memory, the submitit ones the
+    memory of the nodes they ask for."""
+    if cpu_too_large(cfg, device_type):
         return 1
+    return max(1, memory // 2 // bytes_per_run(cfg))
+
+
+def free_memory(cfg: DictConfig) -> tuple[str, int]:
+    """The type of the device a run of `cfg` trains on in this process, and its free
+    memory in bytes: the GPU's, or the machine's RAM."""
     device = resolve_device(cfg.trainer.device)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _available_ram()
-    return max(1, free // 2 // bytes_per_run(cfg))
+    return device.type, free
 
 
 def _available_ram() -> int:

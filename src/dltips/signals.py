@@ -1,4 +1,5 @@
-"""Stop cleanly on Ctrl-C or a cluster's SIGTERM: the loop polls a flag between steps."""
+"""Stop cleanly on Ctrl-C, a cluster's SIGTERM or submitit's SIGUSR2: the loop polls a
+flag between steps."""
 
 import signal
 import threading
@@ -19,17 +20,22 @@ class StopRequest:
 
 @contextmanager
 def catch_stop_signals() -> Iterator[StopRequest]:
-    """Turn SIGINT and SIGTERM into a StopRequest for the duration of the block.
+    """Turn SIGINT, SIGTERM and SIGUSR2 into a StopRequest for the duration of the block.
 
-    The first signal only sets the flag; a second one gets the previous handler (a second
-    Ctrl-C raises KeyboardInterrupt at once). Outside the main thread signals cannot be
-    caught, so the block runs without handlers.
+    SIGUSR2 is what SLURM sends a submitit job before its time limit or on preemption:
+    submitit's own handler would checkpoint and exit from wherever the step is, so the
+    loop stops first, with every run's last epoch written, and the caller hands the signal
+    on (hydra_plugins/dltips_batched_launcher/batched_submitit_launcher.py).
+    The first signal only sets the flag and puts the previous handlers back: a second one
+    gets them (a second Ctrl-C raises KeyboardInterrupt at once). Outside the main thread
+    signals cannot be caught, so the block runs without handlers.
     """
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+    previous = {s: signal.getsignal(s) for s in stops}
 
     def handler(signum, frame):
         stop.signum = signum

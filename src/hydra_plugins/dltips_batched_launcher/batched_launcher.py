@@ -12,7 +12,7 @@ runs job by job, as the basic launcher runs it.
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +81,8 @@ class BatchedLauncher(Launcher):
                 for i, overrides in enumerate(job_overrides)
             ]
         log.info("Launching %d jobs, batched where they share a model", len(job_overrides))
-        return self.launch_batched(job_overrides, initial_job_idx)
+        numbers = [initial_job_idx + i for i in range(len(job_overrides))]
+        return self.launch_batched(job_overrides, numbers)
 
     def job_config(self, overrides: list[str], num: int) -> DictConfig:
         """A job's config, composed and numbered as the basic launcher does."""
@@ -103,16 +104,12 @@ class BatchedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
-    def launch_batched(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
+    def launch_batched(self, job_overrides: Any, numbers: list[int]) -> list[JobReturn]:
+        """The jobs of a batched sweep (job numbers `numbers`), set up, grouped and trained
+        in this process; one JobReturn per job, in their order. A submitit launcher's group
+        (batched_submitit_launcher.py) runs this too, on its node."""
         from dltips.config import validate
-        from dltips.group import (
-            CPU_MAX_PARAMS,
-            cpu_too_large,
-            describe,
-            group_jobs,
-            group_key,
-            memory_cap,
-        )
+        from dltips.group import describe, free_memory, group_jobs, group_key
         from dltips.run_state import Job
         from dltips.task import train_jobs
 
@@ -123,8 +120,8 @@ class BatchedLauncher(Launcher):
             config_loader=self.hydra_context.config_loader, callbacks=NoCallbacks()
         )
         returns, configs, jobs = [], [], []
-        for i, overrides in enumerate(job_overrides):
-            config = self.job_config(list(overrides), initial_job_idx + i)
+        for i, (overrides, num) in enumerate(zip(job_overrides, numbers)):
+            config = self.job_config(list(overrides), num)
             ret = run_job(
                 hydra_context=setup_only,
                 task_function=self.task_function.prepare_job,
@@ -150,15 +147,9 @@ class BatchedLauncher(Launcher):
             except Exception:  # a bad config fails alone: train() reports what is wrong
                 keys.append(f"alone {num}")
         cap = self.max_members
-        if cap is None:  # each shape's own: what fits in memory, or 1 where batching is slower
-            valid = {k: job for (_, _, job), k in zip(jobs, keys) if not k.startswith("alone")}
-            cap = {key: memory_cap(job.cfg) for key, job in valid.items()}
-            if any(cpu_too_large(job.cfg) for job in valid.values()):
-                log.info(
-                    "On the CPU, networks of more than %s parameters train one by one: "
-                    "batched, they train no faster (hydra.launcher.max_members=K batches them)",
-                    f"{CPU_MAX_PARAMS:,}",
-                )
+        if cap is None:  # each shape's own: what fits in this machine's memory
+            valid = {k: job.cfg for (_, _, job), k in zip(jobs, keys) if not k.startswith("alone")}
+            cap = group_caps(valid, free_memory)
         groups = group_jobs(keys, cap)
         log.info("Batched %s", describe(groups, [num for _, num, _ in jobs]))
 
@@ -186,6 +177,28 @@ class BatchedLauncher(Launcher):
         """Hydra's on_job_end for a job, given its return: its training's result."""
         with current(config):
             self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
+
+
+def group_caps(
+    cfgs: dict[str, DictConfig], memory: Callable[[DictConfig], tuple[str, int]]
+) -> dict[str, int]:
+    """The cap (runs per group at most) of each group key's config: how many runs fit in
+    half of `memory(cfg)`, the (device type, bytes) they train on; 1 where batching on the
+    CPU is slower."""
+    from dltips.group import CPU_MAX_PARAMS, cpu_too_large, memory_cap
+
+    cap, one_by_one = {}, False
+    for key, cfg in cfgs.items():
+        device_type, size = memory(cfg)
+        cap[key] = memory_cap(cfg, device_type, size)
+        one_by_one |= cpu_too_large(cfg, device_type)
+    if one_by_one:
+        log.info(
+            "On the CPU, networks of more than %s parameters train one by one: "
+            "batched, they train no faster (hydra.launcher.max_members=K batches them)",
+            f"{CPU_MAX_PARAMS:,}",
+        )
+    return cap
 
 
 @contextmanager
