@@ -100,6 +100,28 @@ def batched_sweep(tmp_path: Path, *overrides: str) -> Path:
 
 
 @pytest.mark.slow
+def test_batched_submitit_local_trains_each_group_in_a_process_of_its_own(tmp_path):
+    """submitit's local executor, SLURM's stand-in on a machine without it."""
+    sweep_dir = tmp_path / "local"
+    result = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=batched_submitit_local",
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.mem_gb=1",
+        *TINY_CLI,
+        "trainer.num_threads=1",
+        "model=sigmoid,relu",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "Batched 2 groups: job 0 (alone) | job 1 (alone)" in result.stdout + result.stderr
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
+    assert [metrics(sweep_dir / j)["status"] for j in "01"] == ["completed", "completed"]
+
+
+@pytest.mark.slow
 def test_each_group_is_one_slurm_task_and_its_jobs_get_the_batched_launchers_files(tmp_path, slurm):
     grid = [*TINY_CLI, "trainer.num_threads=1", "model=sigmoid,relu", "seed=0,1"]
     sweep_dir = tmp_path / "slurm"

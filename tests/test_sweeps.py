@@ -141,18 +141,6 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_shared_cores(tmp_path):
 
 
 @pytest.mark.slow
-def test_submitit_local_launcher(tmp_path):
-    sweep_dir = sweep(
-        tmp_path,
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.timeout_min=5",
-        "model=sigmoid,relu",
-        in_subprocess=True,
-    )
-    assert statuses(sweep_dir) == {"0": "completed", "1": "completed"}
-
-
-@pytest.mark.slow
 def test_slurm_launcher_runs_a_sweep_as_slurm_jobs(tmp_path, slurm):
     sweep_dir = sweep(
         tmp_path,
