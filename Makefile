@@ -9,7 +9,7 @@ install:  ## install dltips and the dev tools into the active environment
 test:  ## the whole test suite (what CI runs)
 	pytest
 
-test-fast:  ## every module, without the tests marked slow (more than ~5 s each)
+test-fast:  ## every module, without the tests marked slow (more than ~1 s each)
 	pytest -m "not slow"
 
 lint:  ## ruff lint and format check

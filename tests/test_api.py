@@ -8,6 +8,7 @@ import dltips
 from dltips.errors import UserError
 
 
+@pytest.mark.slow
 def test_run_from_python_returns_the_metrics_it_writes_with_the_clis_outputs(tmp_path):
     run_dir, record = tmp_path / "run", tmp_path / "callback.jsonl"
     callback = [  # a user's Hydra callback (tests/record_callback.py), as the CLI takes it

@@ -60,6 +60,7 @@ def assert_same_training(alone: dict, together: dict, rel: float = 1e-4) -> None
 
 
 @pytest.mark.parametrize("optim", OPTIMS)
+@pytest.mark.slow
 def test_each_run_of_a_group_trains_as_it_would_alone(tmp_path, optim):
     lr = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.01}.get(optim, 0.001)
     # runs 0, 2 and 3 share their optimizer settings (one param group over their rows of
@@ -146,6 +147,7 @@ def test_stacked_linear_has_baddbmms_gradients_in_the_weights_own_layout():
     assert (out.dtype, weight32.grad.dtype) == (torch.bfloat16, torch.float32)
 
 
+@pytest.mark.slow
 def test_dropout_draws_each_runs_own_masks_reproducibly(tmp_path):
     settings = [["seed=0", "model.dropout=0.3"], ["seed=1", "model.dropout=0.5"]]
     cfgs = [make_cfg(*SMALL, *s) for s in settings]
@@ -186,6 +188,7 @@ def test_a_runs_checkpoint_resumes_alone_and_loads_into_a_plain_network(tmp_path
     assert_same_training(straight, longer)
 
 
+@pytest.mark.slow
 def test_runs_group_by_shape_and_split_at_the_cap():
     cfgs = [make_cfg(f"model={m}", f"seed={s}") for m in ("sigmoid", "relu") for s in (0, 1, 2)]
     keys = [group_key(c) for c in cfgs]

@@ -168,6 +168,7 @@ def test_a_checkpoint_cut_anywhere_is_called_truncated(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
+@pytest.mark.slow
 def test_written_files_follow_the_umask(tmp_path, umask):
     old = os.umask(umask)
     try:
@@ -209,6 +210,7 @@ def saves_recorded(monkeypatch) -> list[tuple[str, int, str | None]]:
     return saves
 
 
+@pytest.mark.slow
 def test_checkpoint_every_n_epochs_trains_the_same_and_writes_less(tmp_path, monkeypatch):
     saves = saves_recorded(monkeypatch)
     every_epoch = train(make_cfg(*EVERY), tmp_path / "1")

@@ -72,6 +72,7 @@ def test_cuda_requested_without_cuda(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["train.py", "eval.py"])
+@pytest.mark.slow
 def test_start_up_leaves_the_garbage_collector_on_with_its_objects_frozen(tmp_path, name):
     # the scripts turn the collector off while they import torch and Hydra; what runs next
     # (a sweep of many jobs above all) needs it on again, or its cyclic garbage would pile up

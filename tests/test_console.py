@@ -149,6 +149,7 @@ def test_one_setting_of_a_sweep_preset_trains_alone(tmp_path):
     assert f"Config: {given} {' '.join(TINY_CLI)}" in result.stdout
 
 
+@pytest.mark.slow
 def test_help_lists_the_groups_their_options_and_examples(tmp_path):
     result = run_cli("train.py", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

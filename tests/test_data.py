@@ -80,6 +80,7 @@ def test_train_and_val_indices_never_overlap(size, digits):
     assert_stratified(y[val], y)
 
 
+@pytest.mark.slow
 def test_train_size_on_the_class_sorted_bundled_digits_takes_every_class(digits):
     # mnist_5k is stored sorted by class: "the first N" would be one or a few classes
     assert_subsets_follow_subset_seed(make_cfg, [10, 200, 1000, 3000], digits["y_train"])
@@ -112,6 +113,7 @@ def test_test_noise_changes_only_the_test_inputs():
     assert abs((noisy.x_test - clean.x_test).std() - 1) < 0.01
 
 
+@pytest.mark.slow
 def test_decoded_tensors_are_cached_under_the_data_root(data_root, digits):
     cache = data_root / "cache" / "mnist_5k.pt"
     assert cache.is_file()
@@ -224,6 +226,7 @@ def test_truncated_idx_file_is_named(tmp_path, digits):
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.slow
 def test_fashion_mnist_from_debian_package_without_download(tmp_path):
     cfg = make_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.download=false")
     data = load_dataset(cfg.data, seed=0)
@@ -239,6 +242,7 @@ def test_fashion_mnist_from_debian_package_without_download(tmp_path):
     assert_subsets_follow_subset_seed(cfg_of, [100, 2000, 10000], y_all)
 
 
+@pytest.mark.slow
 def test_read_only_data_dir_trains_without_the_cache(tmp_path, caplog):
     data = tmp_path / "data"
     data.mkdir()

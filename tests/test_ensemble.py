@@ -112,6 +112,7 @@ def test_an_ensemble_is_the_mean_of_its_members_probabilities(runs, tmp_path):
     assert is_png(next(tmp_path.glob("outputs/eval/*/*/confusion_matrix.png")))
 
 
+@pytest.mark.slow
 def test_a_list_of_runs_is_the_same_ensemble_in_run_order(runs, tmp_path):
     (tmp_path / "a").mkdir()
     result = run_cli("eval.py", f"ckpt={runs}", cwd=tmp_path / "a")
@@ -123,6 +124,7 @@ def test_a_list_of_runs_is_the_same_ensemble_in_run_order(runs, tmp_path):
     assert of_list == of_dir  # sorted: run 0 is the first member either way
 
 
+@pytest.mark.slow
 def test_m_with_several_ckpts_still_evaluates_each_on_its_own(runs, tmp_path):
     result = run_cli("eval.py", "-m", f"ckpt={runs / '0'},{runs / '1'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -139,6 +139,7 @@ def test_a_run_without_restore_best_is_evaluated_with_its_last_weights(tmp_path)
     assert ev["test/acc"] == metrics_of(run)["test/acc"]  # the weights the run reported
 
 
+@pytest.mark.slow
 def test_eval_uses_the_checkpoint_that_metrics_json_names(early_best_run, tmp_path):
     metrics = metrics_of(early_best_run)
     assert metrics["checkpoint"] == "checkpoints/best.pt"  # epoch 1; last.pt is epoch 2
@@ -251,6 +252,7 @@ def test_a_diverged_runs_weights_are_named_as_such(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["eval.py", "predict.py"])
+@pytest.mark.slow
 def test_help_is_the_scripts_own(tmp_path, script):
     status, out, _ = run_in_process(script, "--help", cwd=tmp_path)
     assert status == 0

@@ -150,6 +150,7 @@ def named(message: str, keys: set[str]) -> set[str]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OVERRIDES)
+@pytest.mark.slow
 def test_overrides_train_or_fail_naming_a_key(tmp_path_factory, drawn):
     args = [f"{k}={hydra_value(v)}" for k, v in BASE.items() if k not in drawn]
     args += [f"{k}={hydra_value(d.value)}" for k, d in drawn.items()]

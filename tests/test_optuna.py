@@ -223,7 +223,6 @@ def test_interrupted_search_continues_its_trial_in_place(tmp_path):
     assert "Resumed from" in (sweep_dir / "1" / "train.log").read_text()
 
 
-@pytest.mark.slow
 def test_direction_that_contradicts_the_monitor_is_refused(tmp_path):
     sweep_dir, result = search(tmp_path, "hydra.sweeper.direction=minimize", check=False)
     assert result.returncode == 1

@@ -82,6 +82,7 @@ def lecture_runs(tmp_path_factory) -> pd.DataFrame:
     return sweep(root, steps, "model.width=64", "trainer.max_epochs=1")
 
 
+@pytest.mark.slow
 def test_published_numbers_live_only_in_the_lecture_presets():
     assert not hasattr(report, "LECTURE_PUBLISHED")
     assert [p.stem for p in LECTURE_PRESETS] == [f"step{i}" for i in range(9)]
@@ -360,6 +361,7 @@ def test_compare_calls_a_difference_between_draws_of_one_distribution_rarely():
     assert calls <= 0.1 * 200, f"{calls} of 200 pairs from one distribution called different"
 
 
+@pytest.mark.slow
 def test_holm_keeps_a_line_of_several_comparisons_at_alpha():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.2, math.nan]) == [0.4, 1.0]  # no test counts as p = 1

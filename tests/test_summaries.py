@@ -275,6 +275,7 @@ def test_summarize_and_plot_fail_clearly_when_every_run_is_damaged(sweep_dir, tm
     assert not (tmp_path / "plots").exists()
 
 
+@pytest.mark.slow
 def test_a_resumed_sweep_runs_a_job_with_a_damaged_metrics_json_again(sweep_dir, tmp_path):
     damaged = sweep_dir / "1" / "metrics.json"
     damaged.write_text(damaged.read_text()[:100])

@@ -42,6 +42,7 @@ def statuses(sweep_dir: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     sweep_dir = sweep(tmp_path, "model.depth=0,1,2")
     assert statuses(sweep_dir) == {"0": "failed", "1": "completed", "2": "completed"}
@@ -94,6 +95,7 @@ def test_resumed_sweep_runs_only_unfinished_jobs_in_place(tmp_path):
     assert len(pd.read_csv(sweep_dir / "summary.csv")) == 3
 
 
+@pytest.mark.slow
 def test_summarize_script_reads_an_unfinished_sweep(tmp_path):
     sweep_dir = sweep(tmp_path, "model=sigmoid,relu")
     (sweep_dir / "1" / "metrics.json").unlink()

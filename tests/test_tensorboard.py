@@ -190,6 +190,7 @@ def test_a_run_keeps_writing_where_its_events_are(tmp_path):
     assert events_dir(tmp_path / "1", "model=relu") == tmp_path / "1" / "model=relu"
 
 
+@pytest.mark.slow
 def test_a_resumed_runs_events_sort_after_the_interrupted_runs(tmp_path):
     # TensorBoard reads a run's event files in name order, which starts with the second a
     # file was made in: a run resumed within a second of its start could come first
@@ -214,6 +215,7 @@ def test_a_resumed_runs_events_sort_after_the_interrupted_runs(tmp_path):
     assert time.monotonic() - started < 1
 
 
+@pytest.mark.slow
 def test_the_hparams_table_shows_each_runs_status_first(tmp_path):
     # two runs as a sweep's jobs: one completed, one diverged (SGD at lr 1e30)
     for job_dir, lr in (("0", "0.1"), ("1", "1e30")):

@@ -3,6 +3,7 @@
 import re
 from unittest import mock
 
+import pandas as pd
 import pytest
 
 from conftest import make_cfg, run_cli
@@ -21,6 +22,7 @@ SHORT = ["data=mnist_5k", "data.train_size=null", "trainer.early_stopping.restor
         (4, 10, True),  # 13 ReLU layers: learns
     ],
 )
+@pytest.mark.slow
 def test_lecture_steps_show_the_lectures_direction(tmp_path, step, epochs, learns):
     cfg = make_cfg(
         f"experiment=lecture/step{step}", *SHORT, f"trainer.max_epochs={epochs}", tiny=False
@@ -155,3 +157,25 @@ def test_the_last_tips_presets_run_and_their_report_sections_are_written(tmp_pat
     assert "Spearman ρ with the full set" in text and re.search(r"\| 350 +\| 2 +\|", text)
     for png in ("bagging_members", "dropout_ensemble_masks", "small_data_rank"):
         assert (tmp_path / "page" / f"{png}.png").stat().st_size > 10_000
+
+
+def test_bagging_ensembles_are_all_the_completed_runs_then_disjoint_fours_in_seed_order():
+    runs = pd.DataFrame(
+        {
+            "data.bootstrap": ["True"] * 9 + ["False"] * 4,
+            "model.dropout": ["0"] * 13,
+            "seed": [str(s) for s in (8, 0, 1, 2, 3, 4, 5, 6, 7)] + ["0", "1", "2", "3"],
+            "status": ["completed"] * 3 + ["diverged"] + ["completed"] * 9,
+            "path": [f"run{i}" for i in range(13)],
+        }
+    )
+    jobs = report_tips.bagging_jobs(runs)
+    # seeds 0..8 but seed 2 diverged: 8 members, in seed order; two disjoint fours
+    bootstrapped = ["run1", "run2", "run4", "run5", "run6", "run7", "run8", "run0"]
+    assert jobs == [
+        ("bootstrap=False dropout=0", "all", ["run9", "run10", "run11", "run12"]),
+        ("bootstrap=False dropout=0", "disjoint 0", ["run9", "run10", "run11", "run12"]),
+        ("bootstrap=True dropout=0", "all", bootstrapped),
+        ("bootstrap=True dropout=0", "disjoint 0", bootstrapped[:4]),
+        ("bootstrap=True dropout=0", "disjoint 1", bootstrapped[4:]),
+    ]

@@ -146,6 +146,7 @@ def test_monitor_val_acc_in_max_mode(tmp_path):
     assert metrics["val/acc"] == best
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     common = ["model.dropout=0.3", "trainer.early_stopping.patience=null"]  # dropout: RNG state
     full = train(make_cfg(*common, "trainer.max_epochs=4"), tmp_path / "full")
@@ -246,6 +247,7 @@ def test_auto_device_picks_cuda_then_apples_mps_then_the_cpu():
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")
+@pytest.mark.slow
 def test_on_the_cpu_freed_memory_is_reused_without_page_faults():
     # a batched step frees and allocates buffers of tens of MB; glibc by default hands them
     # back to the OS, and every page is faulted in again on the next step
