@@ -59,7 +59,7 @@ def wait_for_epoch(run_dir: Path, epoch: int, timeout: float = 60) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, signum):
-    overrides = [*FAST_EPOCHS, "data.train_size=2000", "trainer.max_epochs=12"]
+    overrides = [*FAST_EPOCHS, "data.train_size=2000", "trainer.max_epochs=6"]
     run_dir = tmp_path / "run"
     run_dir.parent.mkdir(exist_ok=True)
     proc = start_training(run_dir, *overrides)
@@ -79,7 +79,7 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, signum):
     uninterrupted = train(make_cfg(*overrides), tmp_path / "full")
     assert without_time(resumed) == without_time(uninterrupted)
     steps = [e.step for e in EventAccumulator(str(run_dir)).Reload().Scalars("val/loss")]
-    assert steps == list(range(1, 13))
+    assert steps == list(range(1, 7))
 
 
 @pytest.mark.slow
@@ -205,17 +205,17 @@ def test_real_full_disk_keeps_the_previous_checkpoint(tmp_path):
 def test_with_checkpoint_every_n_a_signal_still_saves_the_last_completed_epoch(tmp_path):
     # checkpoint_every=100 keeps every epoch of this run in memory until the end: on SIGTERM
     # the last completed one is written, and the resumed run ends as an uninterrupted one
-    overrides = [*FAST_EPOCHS, "data.train_size=2000", "trainer.max_epochs=12"]
+    overrides = [*FAST_EPOCHS, "data.train_size=2000", "trainer.max_epochs=6"]
     run_dir = tmp_path / "run"
     proc = start_training(run_dir, *overrides, "trainer.checkpoint_every=100")
     log = run_dir / "train.log"
-    wait_for(lambda: log.exists() and "epoch 6/12" in log.read_text(), what="epoch 6")
+    wait_for(lambda: log.exists() and "epoch 3/6" in log.read_text(), what="epoch 3")
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
     stopped = int(re.search(r"during epoch (\d+)", output)[1])
     held = load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"]
-    assert held == stopped - 1 >= 6 and f"checkpoints/last.pt holds epoch {held}" in output
+    assert held == stopped - 1 >= 3 and f"checkpoints/last.pt holds epoch {held}" in output
 
     resumed = train(make_cfg(*overrides, f"trainer.resume={run_dir}"), tmp_path / "new")
     uninterrupted = train(make_cfg(*overrides), tmp_path / "full")

@@ -390,7 +390,8 @@ def resolve_device(name: str) -> torch.device:
         if not torch.backends.mps.is_available():
             raise ConfigError(
                 "trainer.device=mps: Apple's MPS is not available on this machine (it needs a "
-                "Mac with Apple silicon and a torch build with MPS). Use trainer.device=cpu or auto."
+                "Mac with Apple silicon and a torch build with MPS). "
+                "Use trainer.device=cpu or auto."
             )
         return torch.device("mps")
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
