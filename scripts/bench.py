@@ -15,6 +15,8 @@ device one by one, loss.item() every step. Not a test: it prints numbers.
 import argparse
 import gzip
 import json
+import logging
+import math
 import os
 import platform
 import resource
@@ -172,6 +174,53 @@ def import_torch_seconds() -> float:
     return time.perf_counter() - start
 
 
+# bytes a step moves per parameter with fused Adam and fp32 state: weights read twice,
+# gradients written, then Adam's read and write of weights, gradients and both moments
+ADAM_BYTES_PER_PARAM = 40
+# memory bandwidth of GPUs, TB/s, by a part of torch.cuda.get_device_name (first match)
+PEAK_TB_S = {"H200": 4.8, "H100 NVL": 3.9, "H100 PCIe": 2.0, "H100": 3.35, "A100": 2.0}
+
+
+def peak_bandwidth(name: str) -> float | None:
+    """The GPU's memory bandwidth in TB/s where known."""
+    return next((tb for part, tb in PEAK_TB_S.items() if part in name), None)
+
+
+class EpochClock(logging.Handler):
+    """When each epoch's first "epoch E/N" log line came: the group's epochs end to end,
+    its outputs (validation, metrics, TensorBoard, checkpoints) included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: dict[int, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("epoch %d/%d"):
+            self.times.setdefault(record.args[0], record.created)
+
+    def model_epochs_per_s(self, members: int) -> float | None:
+        """K x (epochs - 1) over the time from the first epoch's line to the last's."""
+        epochs = sorted(self.times)
+        if len(epochs) < 2:
+            return None
+        return members * (epochs[-1] - epochs[0]) / (self.times[epochs[-1]] - self.times[epochs[0]])
+
+
+def data_overrides(data: str, root: Path) -> list[str]:
+    """The config of --data: mnist_5k, or 60,000 MNIST-shaped images (prepare_data's,
+    one held out for validation: 600 steps of 100 an epoch)."""
+    if data == "mnist_5k":
+        return ["data=mnist_5k"]
+    print(f"data: {prepare_data(root)}", flush=True)
+    return [
+        "data=fashion_mnist",
+        f"data.root={root}",
+        "data.download=false",
+        "data.source.system_dir=null",
+        "data.val_size=1",
+    ]
+
+
 def batched_vs_sequential(
     members: int,
     width: int | None,
@@ -180,21 +229,27 @@ def batched_vs_sequential(
     out: Path,
     alone: int | None = None,
     sets: tuple[str, ...] = (),
+    data: tuple[str, ...] = ("data=mnist_5k",),
 ) -> dict:
     """Model-epochs per second of runs (seeds 0..K-1) trained one after another in this
-    process, and of all K trained together as one batched group (mnist_5k, Adam, batch 100).
+    process, and of all K trained together as one batched group (`data`, Adam, batch 100).
 
     `alone` times only that many of the solo runs (their rate is what counts; 128 solo runs
     would take longer than the group they are compared with). On CUDA the solo runs are timed
-    both eager and as CUDA graphs (a group always steps eagerly)."""
+    both eager and as CUDA graphs, and the group steps as configured (trainer.cuda_graphs:
+    by default one graph an epoch). The group's rate is given three ways: the whole
+    train_group call (start-up included), its epochs end to end (outputs included, from
+    its log lines) and its training passes alone."""
     from hydra import compose, initialize_config_dir
 
+    from dltips.data import load_dataset
+    from dltips.group import num_params
     from dltips.process import configure_process
     from dltips.run_state import Job
     from dltips.train import train, train_group
 
     overrides = [
-        "data=mnist_5k",
+        *data,
         *([f"model.width={width}"] if width else []),
         f"trainer.max_epochs={epochs}",
         "trainer.early_stopping.patience=null",
@@ -226,10 +281,33 @@ def batched_vs_sequential(
     else:
         alone_rate = rate(solo, "seq")
     result["sequential_model_epochs_per_s"] = alone_rate
+    clock, logger = EpochClock(), logging.getLogger("dltips.train")
+    level = logger.level
+    logger.addHandler(clock)
+    logger.setLevel(logging.INFO)  # the epoch lines reach the clock, if no one else
     start = time.perf_counter()
-    train_group([Job(cfg, out / f"grp{k}") for k, cfg in enumerate(cfgs)])
+    try:
+        metrics = train_group([Job(cfg, out / f"grp{k}") for k, cfg in enumerate(cfgs)])
+    finally:
+        logger.removeHandler(clock)
+        logger.setLevel(level)
     result["batched_model_epochs_per_s"] = members * epochs / (time.perf_counter() - start)
     result["batched_vs_sequential"] = result["batched_model_epochs_per_s"] / alone_rate
+    result["group_epochs_model_epochs_per_s"] = clock.model_epochs_per_s(members)
+    # the training pass of an epoch (one graph replay), after the first: the group's own
+    train_s = statistics.median(metrics[0]["epoch_seconds"][1:] or metrics[0]["epoch_seconds"])
+    result["group_train_model_epochs_per_s"] = members / train_s
+    train_size = len(load_dataset(cfgs[0].data, cfgs[0].seed).y_train)
+    result["steps_per_epoch"] = math.ceil(train_size / cfgs[0].data.batch_size)
+    result["params"] = members * num_params(cfgs[0])
+    result["train_s_per_epoch"] = train_s
+    result["gb_per_s"] = (
+        ADAM_BYTES_PER_PARAM * result["params"] * result["steps_per_epoch"] / train_s / 1e9
+    )
+    if device.startswith("cuda"):
+        result["gpu"] = torch.cuda.get_device_name()
+        peak = peak_bandwidth(result["gpu"])
+        result["peak_gb_per_s"] = peak and peak * 1000
     return result
 
 
@@ -262,16 +340,24 @@ def main() -> None:
     parser.add_argument(
         "--alone", type=int, help="with --members: time only this many solo runs (default: K)"
     )
+    parser.add_argument(
+        "--data",
+        choices=["mnist_5k", "60k"],
+        default="mnist_5k",
+        help="with --members: mnist_5k (35 steps an epoch), or 60,000 MNIST-shaped images "
+        "(Fashion-MNIST when installed, else random; 600 steps an epoch)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.members:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["DLTIPS_DATA_DIR"] = str(Path(tmp) / "data")
             width = args.width or (None if args.set else 128)
+            data = tuple(data_overrides(args.data, Path(tmp) / "data"))
             result = batched_vs_sequential(
-                args.members, width, args.epochs, args.device, Path(tmp), args.alone, args.set
+                args.members, width, args.epochs, args.device, Path(tmp), args.alone, args.set, data
             )
-        data = "" if any(s.startswith("data=") for s in args.set) else "on mnist_5k"
+        data = "" if any(s.startswith("data=") for s in args.set) else f"on {args.data}"
         network = f"784-{width}-{width}-10" if width else ""
         what = " ".join(filter(None, [network, data, *args.set]))  # what the runs are
         print(
@@ -284,6 +370,15 @@ def main() -> None:
                 if "alone_graphed_model_epochs_per_s" in result
                 else ""
             )
+        )
+        peak = result.get("peak_gb_per_s")
+        print(
+            f"the group's epochs, outputs included: "
+            f"{result['group_epochs_model_epochs_per_s'] or float('nan'):.1f} model-epochs/s; "
+            f"training passes: {result['group_train_model_epochs_per_s']:.1f} model-epochs/s, "
+            f"{result['steps_per_epoch']} steps of {result['params'] / 1e6:.1f}M parameters at "
+            f"{ADAM_BYTES_PER_PARAM} bytes each: {result['gb_per_s']:.0f} GB/s"
+            + (f" of the GPU's {peak:.0f} GB/s ({result['gb_per_s'] / peak:.0%})" if peak else "")
         )
         write_json(args.json, result)
         return

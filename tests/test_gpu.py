@@ -121,3 +121,83 @@ def test_a_batched_group_on_the_gpu_trains_as_each_run_alone(tmp_path, precision
         assert g["device"].startswith("cuda") and g["batch"]["members"] == 3
         for ea, eg in zip(a["history"], g["history"], strict=True):
             assert eg["val/loss"] == pytest.approx(ea["val/loss"], rel=tolerance)
+
+
+# a batched group as one CUDA graph: three members with their own lr, L1 and clipping, and
+# a ragged last batch (3,500 images in batches of 128: a last one of 44)
+GROUP = [
+    ["seed=0"],
+    ["seed=1", "optim.lr=0.003", "loss.l1=1e-5"],
+    ["seed=2", "trainer.grad_clip=0.5"],
+]
+
+
+def train_members(tmp_path, name: str, settings: list[list[str]], *common: str) -> list[dict]:
+    cfgs = [make_cfg(*CUDA, "data.batch_size=128", *common, *s) for s in settings]
+    return train_group([Job(c, tmp_path / f"{name}{k}") for k, c in enumerate(cfgs)])
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_a_graphed_group_trains_as_the_same_members_eager(tmp_path, precision, caplog):
+    caplog.set_level(logging.INFO, logger="dltips")
+    common = ["trainer.tf32=false", "trainer.max_epochs=3", f"trainer.precision={precision}"]
+    graphed = train_members(tmp_path, "graphed", GROUP, *common, "trainer.cuda_graphs=true")
+    assert "as one CUDA graph" in caplog.text
+    eager = train_members(tmp_path, "eager", GROUP, *common, "trainer.cuda_graphs=false")
+    tolerance = 1e-3 if precision == "32" else 2e-2  # bf16 products round at 8 bits
+    for g, e in zip(graphed, eager, strict=True):
+        assert g["batch"]["members"] == 3
+        for eg, ee in zip(g["history"], e["history"], strict=True):
+            assert eg["val/loss"] == pytest.approx(ee["val/loss"], abs=tolerance)
+            assert eg["train/loss"] == pytest.approx(ee["train/loss"], abs=tolerance)
+
+
+def test_dropout_under_a_graphed_group_is_the_eager_groups_and_resumes_exactly(tmp_path):
+    """Each member's dropout generator, registered with the graph, draws the eager masks
+    afresh on every replay, and continues from its checkpointed state on resume."""
+    dropout = [[*s, f"model.dropout={p}"] for s, p in zip(GROUP, (0.2, 0.5, 0.0))]
+    common = ["trainer.tf32=false", "trainer.cuda_graphs=true"]
+    full = train_members(tmp_path, "full", dropout, *common, "trainer.max_epochs=4")
+    eager = ["trainer.tf32=false", "trainer.cuda_graphs=false", "trainer.max_epochs=4"]
+    eager = train_members(tmp_path, "eager", dropout, *eager)
+    for f, e in zip(full, eager, strict=True):
+        for ef, ee in zip(f["history"], e["history"], strict=True):
+            assert ef["val/loss"] == pytest.approx(ee["val/loss"], abs=1e-3)
+    train_members(tmp_path, "part", dropout, *common, "trainer.max_epochs=2")
+    resumed = [
+        [*s, "trainer.max_epochs=4", f"trainer.resume={tmp_path / f'part{k}'}"]
+        for k, s in enumerate(dropout)
+    ]
+    resumed = train_members(tmp_path, "new", resumed, *common)
+    for f, r in zip(full, resumed, strict=True):
+        assert r["history"] == f["history"] and r["test/acc"] == f["test/acc"]
+
+
+def test_a_member_that_diverges_in_a_graphed_group_leaves_the_others_as_eager(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dltips")
+    settings = [["seed=0"], ["seed=1", "optim.lr=1e6"], ["seed=2"]]
+    common = ["optim=sgd", "trainer.tf32=false", "trainer.max_epochs=3"]
+    graphed = train_members(tmp_path, "graphed", settings, *common, "trainer.cuda_graphs=true")
+    assert "2 of 3 runs still train: re-captured the epoch" in caplog.text
+    eager = train_members(tmp_path, "eager", settings, *common, "trainer.cuda_graphs=false")
+    assert graphed[1]["status"] == eager[1]["status"] == "diverged"
+    assert graphed[1]["test/acc"] == pytest.approx(eager[1]["test/acc"], abs=1e-3)
+    for k in (0, 2):
+        for eg, ee in zip(graphed[k]["history"], eager[k]["history"], strict=True):
+            assert eg["val/loss"] == pytest.approx(ee["val/loss"], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "optim", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
+)
+def test_every_optimizer_trains_a_graphed_group(tmp_path, optim, caplog):
+    """Capturable ones step inside the graph; Adagrad trains the group eagerly, said once."""
+    caplog.set_level(logging.INFO, logger="dltips")
+    settings = [["seed=0"], ["seed=1"]]
+    metrics = train_members(tmp_path, "g", settings, f"optim={optim}", "trainer.cuda_graphs=true")
+    if optim == "adagrad":
+        assert caplog.text.count("Adagrad cannot step inside a CUDA graph") == 1
+        assert "as one CUDA graph" not in caplog.text
+    else:
+        assert "as one CUDA graph" in caplog.text
+    assert all(m["status"] == "completed" and m["test/acc"] > 0.5 for m in metrics)

@@ -27,7 +27,7 @@ def test_without_a_gpu_it_says_so_and_runs_nothing(monkeypatch):
         gpu_check.main()
 
 
-@pytest.mark.parametrize("failing", [None, "checkpoint_every"])
+@pytest.mark.parametrize("failing", [None, "group"])
 def test_it_runs_the_cuda_tests_and_benchmarks_and_prints_one_table(monkeypatch, capsys, failing):
     gpu_check = load_gpu_check()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -49,13 +49,15 @@ def test_it_runs_the_cuda_tests_and_benchmarks_and_prints_one_table(monkeypatch,
         benches.append(args)
         if "--members" not in args:
             return 0, single
-        once = "trainer.checkpoint_every=3" in args
-        rate = 300.0 if once else 100.0
-        return int(once and failing == "checkpoint_every"), {
-            "batched_model_epochs_per_s": rate,
+        return int(failing == "group"), {
+            "batched_model_epochs_per_s": 100.0,
+            "group_epochs_model_epochs_per_s": 160.0,
+            "group_train_model_epochs_per_s": 200.0,
+            "gb_per_s": 2000.0,
+            "peak_gb_per_s": None,  # a GPU whose bandwidth bench.py does not know
             "alone_eager_model_epochs_per_s": 4.0,
             "alone_graphed_model_epochs_per_s": 5.0,
-            "batched_vs_sequential": rate / 4.0,
+            "batched_vs_sequential": 25.0,
         }
 
     monkeypatch.setattr(gpu_check, "bench", bench)
@@ -66,18 +68,19 @@ def test_it_runs_the_cuda_tests_and_benchmarks_and_prints_one_table(monkeypatch,
         gpu_check.main()
     out = capsys.readouterr().out
     assert commands[0][-1] == "tests/test_gpu.py"
-    assert [b[b.index("--device") + 1] for b in benches] == ["cuda"] * 3
-    # the K = 128 group is timed twice: checkpoints every epoch (the default), then once
-    assert ("--members", "128") == benches[1][2:4] == benches[2][2:4]
-    assert "trainer.checkpoint_every=3" not in benches[1] and "--set" in benches[2]
+    assert [b[b.index("--device") + 1] for b in benches] == ["cuda"] * 2
+    # the K = 128 group on 60,000 images: 600 steps an epoch, each epoch one graph
+    assert benches[1][2:4] == ("--members", "128") and "60k" in benches[1]
     assert "## make gpu-check on Some GPU" in out
     assert "| dltips eager (no per-step sync) | 1.2500 | 8.0x |" in out
     assert "| dltips, epoch as one CUDA graph | 0.1250 | 80.0x |" in out
-    assert "100.0 model-epochs/s; one run alone 4.00 eager, 5.00 graphed" in out
-    assert "checkpoints written once instead of every epoch 300.0 model-epochs/s" in out
+    assert "160.0 model-epochs/s over its epochs with their outputs, 200.0 in its" in out
+    assert "(2000 GB/s, the GPU's peak n/a), 100.0 with its start-up" in out
+    assert "the outputs' share of an epoch 20%; one run alone 4.00 eager, 5.00 graphed" in out
     tests = "CUDA tests (eager-vs-graphed parity, dropout, divergence, resume, optimizers)"
     assert f"{tests}: 15 passed" in out
     assert "| graphed >= 60x naive | 80.00 | meets it |" in out
     assert "| eager >= 10x naive | 8.00 | BELOW it |" in out
     assert "| first step minus `import torch` <= 3 s | 4.00 | BELOW it |" in out
     assert "| K=128 batched >= 50x one eager run | 25.00 | BELOW it |" in out
+    assert "| K=128 graphed group >= 150 model-epochs/s | 160.00 | meets it |" in out

@@ -103,7 +103,7 @@ def test_rewind_makes_warm_up_steps_leave_no_trace(optim, resumed):
     expected_model = copy.deepcopy(model)
     expected_state = copy.deepcopy(optimizer.state_dict())
 
-    rewind = Rewind(model, optimizer)
+    rewind = Rewind(list(model.state_dict().values()), optimizer)
     run_epoch(step, data.x_train, data.y_train, batches[:3])  # the warm-up
     rewind()
     run_epoch(step, data.x_train, data.y_train, batches)

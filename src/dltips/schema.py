@@ -278,9 +278,10 @@ class TrainerConf:
     # auto or a bool: OmegaConf cannot type a union
     cuda_graphs: Any = meta(
         "auto",
-        "on CUDA, capture one epoch's steps as a CUDA graph once and replay it every epoch "
-        "(`auto`: on for CUDA, off on the CPU; `true` on the CPU is an error). Adagrad cannot step"
-        " inside a graph and trains eagerly (one log line says so)",
+        "on CUDA, capture one epoch's steps as a CUDA graph once and replay it every epoch, "
+        "a single run's or a batched group's (`auto`: on for CUDA, off on the CPU; `true` on "
+        "the CPU is an error). Adagrad cannot step inside a graph and trains eagerly (one log "
+        "line says so)",
     )
     tf32: bool = meta(
         True, "on CUDA, float32 matrix multiplies on TF32 tensor cores (faster; 10-bit mantissa)"

@@ -22,7 +22,8 @@ How a batched group (dltips.group) trains, and why:
   nor its optimizer state change any more (with lr 0, Adam's moments would).
 - **A single run** keeps its plain network and parameters (no stack) and the same
   `MemberOptimizer` with its one param group, so it trains bit-identically to before and
-  CUDA graphs (dltips.step.GraphedEpoch) capture it as they did.
+  CUDA graphs (dltips.step.GraphedEpoch) capture it as they did. A group's epoch is one
+  graph too; a frozen member's rows leave the param groups, so the epoch is captured anew.
 """
 
 from collections.abc import Callable

@@ -33,11 +33,14 @@ def epoch_batches(
     """Index tensors of one epoch's shuffled batches, on the generator's device (the last
     one is smaller when batch_size does not divide size). With a list of K generators,
     each member shuffles on its own: (K, batch) index tensors."""
+    return iter(shuffled(size, generators).split(batch_size, dim=-1))
+
+
+def shuffled(size: int, generators: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+    """A permutation of range(size) from one generator, or (K, size) from K of them."""
     if isinstance(generators, torch.Generator):
-        perm = torch.randperm(size, generator=generators, device=generators.device)
-    else:
-        perm = torch.stack([torch.randperm(size, generator=g, device=g.device) for g in generators])
-    return iter(perm.split(batch_size, dim=-1))
+        return torch.randperm(size, generator=generators, device=generators.device)
+    return torch.stack([torch.randperm(size, generator=g, device=g.device) for g in generators])
 
 
 def batch_sizes(size: int, batch_size: int) -> list[int]:
@@ -240,6 +243,12 @@ def run_epoch(
     return sizes
 
 
+def captures_graphs(device: torch.device, setting: str | bool) -> bool:
+    """Whether trainer.cuda_graphs=`setting` replays epochs as CUDA graphs on `device`:
+    auto and true do on CUDA (the CPU tests patch this to run GraphedEpoch's eager twin)."""
+    return device.type == "cuda" and setting in ("auto", True)
+
+
 def supports_capture(optimizer_class: type) -> bool:
     """Whether a torch optimizer can step inside a CUDA graph: it takes `capturable`
     (its step counter then lives on the GPU), or it keeps no step counter (SGD)."""
@@ -255,7 +264,8 @@ def device_options(
     inside a CUDA graph, and no `fused` where torch has no fused kernel there (Adagrad's
     runs on the CPU only; on CUDA torch then takes its multi-tensor path)."""
     options: dict[str, object] = {}
-    if graphed and optimizer_class is not torch.optim.SGD:
+    # on the CPU (GraphedEpoch's eager twin) torch's optimizers refuse `capturable`
+    if graphed and device.type == "cuda" and optimizer_class is not torch.optim.SGD:
         options["capturable"] = True
     if fused and device.type == "cuda" and optimizer_class is torch.optim.Adagrad:
         options["fused"] = None
@@ -263,33 +273,43 @@ def device_options(
 
 
 class Rewind:
-    """Model, optimizer and RNG state saved now and put back later, in place.
+    """Weights, optimizer and RNG state saved now and put back later, in place.
 
     CUDA graph capture needs a few eager warm-up steps first (optimizer state is created
     at the first step); rewinding makes them leave no trace, so a graphed run trains the
     same as an eager one. Tensors keep their addresses: optimizer state that the warm-up
-    created is zeroed, which is the state each torch optimizer starts from.
+    created is zeroed, which is the state each torch optimizer starts from. `generators`
+    are a group's per-member dropout generators (the default ones are always rewound).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    def __init__(
+        self,
+        tensors: list[torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        generators: list[torch.Generator] | None = None,
+    ) -> None:
+        self.tensors, self.optimizer = tensors, optimizer
+        self.saved = [t.detach().clone() for t in tensors]
         self.state = {
             id(t): t.detach().clone() for t in _state_tensors(optimizer)
         }  # by identity: tensors that exist now get their values back
+        self.generators = generators or []
+        self.generator_states = [g.get_state() for g in self.generators]
         self.cpu_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
     def __call__(self) -> None:
         with torch.no_grad():
-            for key, value in self.model.state_dict().items():
-                value.copy_(self.params[key])
+            for t, saved in zip(self.tensors, self.saved):
+                t.copy_(saved)
             for t in _state_tensors(self.optimizer):
                 saved = self.state.get(id(t))
                 if saved is not None:
                     t.copy_(saved)
                 else:  # created by the warm-up: zeros are where torch's optimizers start
                     t.zero_()
+        for g, state in zip(self.generators, self.generator_states):
+            g.set_state(state)
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
@@ -300,12 +320,26 @@ def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 
 class GraphedEpoch:
-    """A whole epoch of `run_epoch` captured as one CUDA graph, replayed every epoch.
+    """A whole epoch of `run_epoch` captured as one CUDA graph, replayed every epoch: one
+    run's, or a batched group's (all K members in one graph).
 
-    Each replay trains on a fresh permutation written into a static buffer first; the
-    batches are slices of it, gathered inside the graph. Dropout draws fresh masks on every
-    replay (PyTorch's graph-safe RNG). A small MLP on a GPU is bound by kernel launches:
-    one replay launches the epoch's thousands of kernels at once.
+    Each replay trains on a fresh permutation (K of them in a group) written into a static
+    buffer first; the batches are slices of it, gathered inside the graph, the ragged last
+    one included. Dropout draws fresh masks on every replay: a single run's from the
+    default CUDA generator, a group's from each member's own generator, registered with
+    the graph (`CUDAGraph.register_generator_state`). Either way a replay advances each
+    generator as the eager epoch would, so the masks are the eager ones, and a generator's
+    state after an epoch (what a checkpoint saves) is where a resumed run continues.
+
+    A graph bakes in the optimizer's param groups. When a member of a group stops early
+    or diverges, MemberOptimizer.freeze takes its rows out of them, and train_group calls
+    `capture()` again: the new graph steps the remaining members only, so the frozen
+    member's weights and optimizer state stay exactly as reported.
+
+    A small MLP on a GPU is bound by kernel launches: one replay launches the epoch's
+    thousands of kernels at once. `eager=True` is the graph's eager twin, for the CPU
+    tests: the same warm-up, rewind and static buffers, with run_epoch called directly on
+    every call instead of a replay.
     """
 
     def __init__(
@@ -314,30 +348,62 @@ class GraphedEpoch:
         x: torch.Tensor,
         y: torch.Tensor,
         batch_size: int,
-        generator: torch.Generator,
+        generator: torch.Generator | list[torch.Generator],
         warmup_steps: int = 3,
+        eager: bool = False,
     ) -> None:
         self.step, self.x, self.y, self.generator = step, x, y, generator
-        self.perm = torch.arange(len(y), device=y.device)
-        self.batches = list(self.perm.split(batch_size))
-        (model,) = step.models  # one member: batched groups train eagerly
-        model.train()  # the graph replays the mode it was captured in: dropout on
-        rewind = Rewind(model, step.optimizer)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph wants
-            run_epoch(step, x, y, self.batches[:warmup_steps])
-        torch.cuda.current_stream().wait_stream(side)
+        self.warmup_steps, self.eager = warmup_steps, eager
+        # (N,) for one run, (K, N) for K members: each shuffles on its own
+        self.perm = torch.arange(y.shape[-1], device=y.device).expand(y.shape).contiguous()
+        self.batches = list(self.perm.split(batch_size, dim=-1))
+        self.sizes = [b.shape[-1] for b in self.batches]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.captures = 0  # how often the epoch was (re)captured
+        self.capture()
+
+    def capture(self) -> None:
+        """Capture the epoch as the step trains now: first, and again whenever a group's
+        membership changed (a frozen member's rows left the optimizer's param groups)."""
+        step = self.step
+        self.graph = None  # the old graph goes first: its memory, its generators' registration
+        for model in step.models:
+            model.train()  # the graph replays the mode it was captured in: dropout on
+        if step.stack is None:
+            rewind = Rewind(list(step.models[0].state_dict().values()), step.optimizer)
+        else:
+            rewind = Rewind(step.stack.leaves, step.optimizer.torch, step.generators)
+        warmup = self.batches[: self.warmup_steps]
+        if self.eager:
+            run_epoch(step, self.x, self.y, warmup)
+        else:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph wants
+                run_epoch(step, self.x, self.y, warmup)
+            torch.cuda.current_stream().wait_stream(side)
         rewind()
+        self.captures += 1
+        if self.eager:
+            return
         self.graph = torch.cuda.CUDAGraph()
+        if step.stack is not None and step.any_dropout:
+            # each member's dropout generator: the graph reads its seed and offset at every
+            # replay and advances it by the epoch's draws (the default generator always is)
+            for g in step.generators:
+                self.graph.register_generator_state(g)
         with torch.cuda.graph(self.graph):
             step.reset()
-            self.sizes = run_epoch(step, x, y, self.batches)
+            run_epoch(step, self.x, self.y, self.batches)
 
     def __call__(self) -> list[int]:
         """Train one epoch on a new shuffle; the batch sizes, as run_epoch returns them."""
-        self.perm.copy_(torch.randperm(len(self.y), generator=self.generator, device=self.y.device))
-        self.graph.replay()
+        self.perm.copy_(shuffled(self.y.shape[-1], self.generator))
+        if self.graph is None:  # the eager twin
+            self.step.reset()
+            run_epoch(self.step, self.x, self.y, self.batches)
+        else:
+            self.graph.replay()
         return self.sizes
 
 

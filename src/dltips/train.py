@@ -31,6 +31,7 @@ from dltips.step import (
     GraphedEpoch,
     TrainStep,
     batch_sizes,
+    captures_graphs,
     device_options,
     epoch_batches,
     evaluate,
@@ -87,13 +88,10 @@ def train_locked(jobs: list[Job]) -> list[dict[str, Any]]:
         torch.zeros(1, device=device)
     startup.mark("device")
     bf16 = str(first.trainer.precision) == "bf16"
-    graphed = device.type == "cuda" and first.trainer.cuda_graphs in ("auto", True)
+    graphed = captures_graphs(device, first.trainer.cuda_graphs)
     optimizer_class = get_class(first.optim._target_)
-    if graphed and (len(jobs) > 1 or not supports_capture(optimizer_class)):
-        log.info(
-            "%s cannot step inside a CUDA graph: training eagerly",
-            optimizer_class.__name__ if len(jobs) == 1 else "A batched group",
-        )
+    if graphed and not supports_capture(optimizer_class):
+        log.info("%s cannot step inside a CUDA graph: training eagerly", optimizer_class.__name__)
         graphed = False
     options = device_options(optimizer_class, device, first.optim.get("fused"), graphed)
 
@@ -168,7 +166,9 @@ def train_locked(jobs: list[Job]) -> list[dict[str, Any]]:
     epoch_graph = None
     if graphed:  # after any resume: the graph captures the state training continues from
         captured = time.perf_counter()
-        epoch_graph = GraphedEpoch(step, x_train, y_train, batch_size, shuffle)
+        # on the CPU only in tests, which patch captures_graphs: the graph's eager twin
+        eager = device.type != "cuda"
+        epoch_graph = GraphedEpoch(step, x_train, y_train, batch_size, shuffle, eager=eager)
         log.info(
             "Captured an epoch (%d steps) as one CUDA graph in %.1fs",
             len(epoch_graph.sizes),
@@ -229,9 +229,22 @@ def train_locked(jobs: list[Job]) -> list[dict[str, Any]]:
             else:
                 val = evaluate_stacked(stack, x_val, y_val, step.criteria, bf16)
             took = time.perf_counter() - epoch_started  # with validation: what the log shows
+            frozen = len(optimizer.frozen)
             for run in in_order:  # epoch_sums and val are in the stack's order (run.index)
                 if run.active:
                     run.end_epoch(epoch, epoch_sums[run.index], val[run.index], seconds, took)
+            still = sum(run.active for run in runs)
+            if epoch_graph is not None and len(optimizer.frozen) > frozen and still:
+                # a member stopped or diverged: the graph steps the old param groups, with
+                # its rows; a new one steps the others only (see GraphedEpoch)
+                captured = time.perf_counter()
+                epoch_graph.capture()
+                log.info(
+                    "%d of %d runs still train: re-captured the epoch in %.1fs",
+                    still,
+                    len(runs),
+                    time.perf_counter() - captured,
+                )
             logged = [
                 r.history[-1] for r in active if r.history and r.history[-1]["epoch"] == epoch
             ]
