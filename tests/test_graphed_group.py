@@ -55,6 +55,7 @@ MEMBERS = [
 ]
 
 
+@pytest.mark.slow
 def test_the_graphed_groups_twin_trains_as_the_eager_group_and_resumes(
     tmp_path, twin, caplog, monkeypatch
 ):
@@ -79,6 +80,7 @@ def test_the_graphed_groups_twin_trains_as_the_eager_group_and_resumes(
     assert ckpt["optimizer"]["param_groups"][0].get("capturable") is False  # CPU: not asked
 
 
+@pytest.mark.slow
 def test_a_member_that_stops_or_diverges_is_recaptured_out_with_its_weights_kept(
     tmp_path, twin, monkeypatch
 ):
