@@ -13,6 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from conftest import TINY_CLI, file_digests, run_cli, run_script, start_script, wait_for
+from dltips.optuna_plots import plot_history
 from dltips.sweep import threads_per_job
 from hydra_plugins.dltips_optuna_sweeper._search_space import search_space
 
@@ -232,3 +233,18 @@ def test_direction_that_contradicts_the_monitor_is_refused(tmp_path):
     )
     assert "Use hydra.sweeper.direction=maximize" in result.stderr
     assert not sweep_dir.exists()
+
+
+def test_history_plot_marks_pruned_trials_and_steps_with_the_best_so_far():
+    study = optuna.create_study(direction="maximize", study_name="s")
+    lr = FloatDistribution(1e-4, 1.0, log=True)
+    for value, state in [(0.5, "COMPLETE"), (0.3, "PRUNED"), (0.4, "COMPLETE"), (0.7, "COMPLETE")]:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 0.01}, distributions={"lr": lr}, value=value, state=TrialState[state]
+            )
+        )
+    ax = plot_history(study).axes[0]
+    dots, crosses, best = ax.lines
+    assert list(dots.get_xdata()) == [0, 2, 3] and list(crosses.get_xdata()) == [1]
+    assert list(best.get_ydata()) == [0.5, 0.5, 0.7]  # the running maximum, complete trials only

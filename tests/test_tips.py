@@ -35,6 +35,7 @@ def test_lecture_steps_show_the_lectures_direction(tmp_path, step, epochs, learn
         assert test_acc < 0.2, f"step {step} should stay near chance, test/acc {test_acc}"
 
 
+@pytest.mark.slow
 def test_lecture_presets_change_one_thing_per_step():
     steps = [make_cfg(f"experiment=lecture/step{i}", tiny=False) for i in range(9)]
     assert [c.model.depth for c in steps] == [3, 3, 3, 13, 13, 13, 13, 13, 3]
