@@ -1,4 +1,4 @@
-.PHONY: help install test test-fast lint format train sweep report bench gpu-check tensorboard clean
+.PHONY: help install test test-fast lint format train sweep report bench gpu-check fashion-data gpu-report tensorboard clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,12 @@ bench:  ## dltips' loop against the naive torchvision pipeline (docs/PERFORMANCE
 
 gpu-check:  ## on a machine with a GPU: the CUDA tests and the GPU benchmark, one table (~3 min)
 	python scripts/gpu_check.py
+
+fashion-data:  ## copy Debian's Fashion-MNIST (apt-get install dataset-fashion-mnist) into data/, to carry to a machine without network
+	mkdir -p data/FashionMNIST/raw && cp /usr/share/datasets/fashion-mnist/*-ubyte.gz data/FashionMNIST/raw/
+
+gpu-report:  ## on a machine with a GPU (data/FashionMNIST/raw/ from make fashion-data): the full report on CUDA, timed; its page in outputs/report/fashion_mnist-cuda/
+	time python scripts/report.py --data fashion_mnist --set trainer.device=cuda --runs outputs/report/fashion_mnist-cuda
 
 tensorboard:  ## open TensorBoard on all outputs
 	tensorboard --logdir outputs
