@@ -34,7 +34,8 @@ gpu-check:  ## on a machine with a GPU: the CUDA tests and the GPU benchmark, on
 	python scripts/gpu_check.py
 
 fashion-data:  ## copy Debian's Fashion-MNIST (apt-get install dataset-fashion-mnist) into data/, to carry to a machine without network
-	mkdir -p data/FashionMNIST/raw && cp /usr/share/datasets/fashion-mnist/*-ubyte.gz data/FashionMNIST/raw/
+	mkdir -p data/FashionMNIST/raw
+	for f in /usr/share/datasets/fashion-mnist/*-ubyte.gz; do gunzip -c $$f > data/FashionMNIST/raw/$$(basename $$f .gz); done
 
 gpu-report:  ## on a machine with a GPU (data/FashionMNIST/raw/ from make fashion-data): the full report on CUDA, timed; its page in outputs/report/fashion_mnist-cuda/
 	time python scripts/report.py --data fashion_mnist --set trainer.device=cuda --runs outputs/report/fashion_mnist-cuda
