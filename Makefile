@@ -30,10 +30,10 @@ report:  ## run the lecture and tips presets offline and rewrite docs/RESULTS.md
 bench:  ## dltips' loop against the naive torchvision pipeline (docs/PERFORMANCE.md)
 	python scripts/bench.py --epochs 5
 
-gpu-check:  ## on a machine with a GPU: the CUDA tests and the GPU benchmark, one table (~3 min)
+gpu-check:  ## on a machine with a GPU: the CUDA tests and the GPU benchmark, one table (~5 min, estimated)
 	python scripts/gpu_check.py
 
-fashion-data:  ## copy Debian's Fashion-MNIST (apt-get install dataset-fashion-mnist) into data/, to carry to a machine without network
+fashion-data:  ## unpack Debian's Fashion-MNIST (apt-get install dataset-fashion-mnist) into data/, to carry to a machine without network
 	mkdir -p data/FashionMNIST/raw
 	for f in /usr/share/datasets/fashion-mnist/*-ubyte.gz; do gunzip -c $$f > data/FashionMNIST/raw/$$(basename $$f .gz); done
 
