@@ -133,7 +133,12 @@ class BatchedSubmititLauncher(BaseSubmititLauncher):
                 for group in groups
             ]
         )
-        log.info("Submitted %d groups as job %s", len(groups), submitted[0].job_id.split("_")[0])
+        log.info(
+            "Submitted %d groups as job %s; submitit's logs in %s, each run's train.log in its dir",
+            len(groups),
+            submitted[0].job_id.split("_")[0],
+            Path(self.params["submitit_folder"]).parent,  # the folder of its <job id> folders
+        )
         returns: list[Any] = [None] * len(job_overrides)
         for group, job in zip(groups, submitted):
             for i, ret in zip(group, job.results()[0]):  # one task per job: results()[0]
