@@ -22,6 +22,7 @@ from dltips.data import load_dataset
 from dltips.errors import CheckpointError, OutputError
 from dltips.resume import override_arg
 from dltips.run_state import Job
+from dltips.signals import catch_stop_signals
 from dltips.task import train_jobs
 from dltips.train import train
 
@@ -233,3 +234,11 @@ def test_a_group_trains_without_the_job_another_process_holds(tmp_path):
         metrics = json.loads((jobs[k].run_dir / "metrics.json").read_text())
         assert metrics["status"] == "completed" and metrics["batch"]["members"] == 2
         assert objectives[k] == pytest.approx(metrics["val/loss"])
+
+
+def test_stop_signals_are_caught_on_a_system_without_sigusr2(monkeypatch):
+    monkeypatch.delattr(signal, "SIGUSR2")  # as on Windows
+    before = signal.getsignal(signal.SIGTERM)
+    with catch_stop_signals() as stop:
+        signal.raise_signal(signal.SIGTERM)
+    assert stop.name == "SIGTERM" and signal.getsignal(signal.SIGTERM) == before

@@ -34,7 +34,9 @@ def catch_stop_signals() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+    stops = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGUSR2"):  # POSIX's; Windows has none
+        stops.append(signal.SIGUSR2)
     previous = {s: signal.getsignal(s) for s in stops}
 
     def handler(signum, frame):
