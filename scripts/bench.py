@@ -243,7 +243,6 @@ def batched_vs_sequential(
     from hydra import compose, initialize_config_dir
 
     from dltips.data import load_dataset
-    from dltips.group import num_params
     from dltips.process import configure_process
     from dltips.run_state import Job
     from dltips.train import train, train_group
@@ -299,7 +298,7 @@ def batched_vs_sequential(
     result["group_train_model_epochs_per_s"] = members / train_s
     train_size = len(load_dataset(cfgs[0].data, cfgs[0].seed).y_train)
     result["steps_per_epoch"] = math.ceil(train_size / cfgs[0].data.batch_size)
-    result["params"] = members * num_params(cfgs[0])
+    result["params"] = sum(m["num_params"] for m in metrics)  # the built networks'
     result["train_s_per_epoch"] = train_s
     result["gb_per_s"] = (
         ADAM_BYTES_PER_PARAM * result["params"] * result["steps_per_epoch"] / train_s / 1e9

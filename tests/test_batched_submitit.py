@@ -10,9 +10,8 @@ import pytest
 
 from conftest import TINY_CLI, make_cfg, run_cli, run_script, start_script, wait_for
 from dltips.checkpoint import load_checkpoint
-from dltips.group import bytes_per_run
+from dltips.group import bytes_per_run, group_caps
 from dltips.preflight import PreflightError
-from hydra_plugins.dltips_batched_launcher.batched_launcher import group_caps
 from hydra_plugins.dltips_batched_launcher.batched_submitit_launcher import (
     GB,
     BatchedSlurmLauncher,
@@ -84,39 +83,30 @@ def job_state(job_id: str) -> str:
     return found.stdout.decode().strip()
 
 
-def batched_sweep(tmp_path: Path, *overrides: str) -> Path:
-    """The same sweep with hydra/launcher=batched, in this process."""
-    sweep_dir = tmp_path / "batched"
-    result = run_cli(
+def sweep(tmp_path: Path, launcher: str, *overrides: str, run=run_cli) -> tuple[Path, str]:
+    """A finished sweep with hydra/launcher=`launcher` in <tmp_path>/<launcher>: its dir and
+    its output. The submitit launchers pickle the task for other processes, which find it
+    only in a script run as a script: `run=run_script`."""
+    sweep_dir = tmp_path / launcher
+    result = run(
         "train.py",
         "-m",
-        "hydra/launcher=batched",
+        f"hydra/launcher={launcher}",
         *overrides,
         f"hydra.sweep.dir={sweep_dir}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    return sweep_dir
+    return sweep_dir, result.stdout + result.stderr
 
 
 @pytest.mark.slow
 def test_batched_submitit_local_trains_each_group_in_a_process_of_its_own(tmp_path):
     """submitit's local executor, SLURM's stand-in on a machine without it."""
-    sweep_dir = tmp_path / "local"
-    result = run_script(
-        "train.py",
-        "-m",
-        "hydra/launcher=batched_submitit_local",
-        "hydra.launcher.timeout_min=5",
-        "hydra.launcher.mem_gb=1",
-        *TINY_CLI,
-        "trainer.num_threads=1",
-        "model=sigmoid,relu",
-        f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert "Batched 2 groups: job 0 (alone) | job 1 (alone)" in result.stdout + result.stderr
+    local = ["hydra.launcher.timeout_min=5", "hydra.launcher.mem_gb=1", "trainer.num_threads=1"]
+    grid = [*local, *TINY_CLI, "model=sigmoid,relu"]
+    sweep_dir, output = sweep(tmp_path, "batched_submitit_local", *grid, run=run_script)
+    assert "Batched 2 groups: job 0 (alone) | job 1 (alone)" in output
     assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
     assert [metrics(sweep_dir / j)["status"] for j in "01"] == ["completed", "completed"]
 
@@ -124,22 +114,11 @@ def test_batched_submitit_local_trains_each_group_in_a_process_of_its_own(tmp_pa
 @pytest.mark.slow
 def test_each_group_is_one_slurm_task_and_its_jobs_get_the_batched_launchers_files(tmp_path, slurm):
     grid = [*TINY_CLI, "trainer.num_threads=1", "model=sigmoid,relu", "seed=0,1"]
-    sweep_dir = tmp_path / "slurm"
-    result = run_script(
-        "train.py",
-        "-m",
-        "hydra/launcher=batched_submitit_slurm",
-        *SLURM,
-        *grid,
-        f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert "Batched 2 groups: jobs 0,1 | jobs 2,3" in result.stdout + result.stderr
+    sweep_dir, output = sweep(tmp_path, "batched_submitit_slurm", *SLURM, *grid, run=run_script)
+    assert "Batched 2 groups: jobs 0,1 | jobs 2,3" in output
     tasks = sorted(p.parent.name for p in (sweep_dir / ".submitit").glob("*/*_result.pkl"))
     assert len(tasks) == 2 and tasks[0].endswith("_0") and tasks[1].endswith("_1")  # an array
-    batched = batched_sweep(tmp_path, *grid)
+    batched, _ = sweep(tmp_path, "batched", *grid)
     for job in "0123":
         assert files(sweep_dir / job) == files(batched / job)
         assert metrics(sweep_dir / job) == metrics(batched / job)
@@ -193,6 +172,6 @@ def test_a_group_preempted_mid_epoch_is_requeued_and_ends_as_if_never_stopped(tm
         log = (sweep_dir / job / "train.log").read_text()
         assert "Stopped by SIGUSR2 during epoch" in log and "Resumed from" in log
 
-    batched = batched_sweep(tmp_path, *grid)
+    batched, _ = sweep(tmp_path, "batched", *grid)
     for job in "01":  # history included: every epoch's losses, bit for bit
         assert metrics(sweep_dir / job) == metrics(batched / job)

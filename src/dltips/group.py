@@ -11,6 +11,7 @@ launchers (hydra_plugins/dltips_batched_launcher) use these functions.
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -110,6 +111,26 @@ def free_memory(cfg: DictConfig) -> tuple[str, int]:
     device = resolve_device(cfg.trainer.device)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _available_ram()
     return device.type, free
+
+
+def group_caps(
+    cfgs: dict[str, DictConfig], memory: Callable[[DictConfig], tuple[str, int]]
+) -> dict[str, int]:
+    """The cap (runs per group at most) of each group key's config: how many runs fit in
+    half of `memory(cfg)`, the (device type, bytes) they train on; 1 where batching on the
+    CPU is slower."""
+    cap, one_by_one = {}, False
+    for key, cfg in cfgs.items():
+        device_type, size = memory(cfg)
+        cap[key] = memory_cap(cfg, device_type, size)
+        one_by_one |= cpu_too_large(cfg, device_type)
+    if one_by_one:
+        log.info(
+            "On the CPU, networks of more than %s parameters train one by one: "
+            "batched, they train no faster (hydra.launcher.max_members=K batches them)",
+            f"{CPU_MAX_PARAMS:,}",
+        )
+    return cap
 
 
 def _available_ram() -> int:

@@ -12,7 +12,7 @@ runs job by job, as the basic launcher runs it.
 """
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +109,7 @@ class BatchedLauncher(Launcher):
         in this process; one JobReturn per job, in their order. A submitit launcher's group
         (batched_submitit_launcher.py) runs this too, on its node."""
         from dltips.config import validate
-        from dltips.group import describe, free_memory, group_jobs, group_key
+        from dltips.group import describe, free_memory, group_caps, group_jobs, group_key
         from dltips.run_state import Job
         from dltips.task import train_jobs
 
@@ -177,28 +177,6 @@ class BatchedLauncher(Launcher):
         """Hydra's on_job_end for a job, given its return: its training's result."""
         with current(config):
             self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
-
-
-def group_caps(
-    cfgs: dict[str, DictConfig], memory: Callable[[DictConfig], tuple[str, int]]
-) -> dict[str, int]:
-    """The cap (runs per group at most) of each group key's config: how many runs fit in
-    half of `memory(cfg)`, the (device type, bytes) they train on; 1 where batching on the
-    CPU is slower."""
-    from dltips.group import CPU_MAX_PARAMS, cpu_too_large, memory_cap
-
-    cap, one_by_one = {}, False
-    for key, cfg in cfgs.items():
-        device_type, size = memory(cfg)
-        cap[key] = memory_cap(cfg, device_type, size)
-        one_by_one |= cpu_too_large(cfg, device_type)
-    if one_by_one:
-        log.info(
-            "On the CPU, networks of more than %s parameters train one by one: "
-            "batched, they train no faster (hydra.launcher.max_members=K batches them)",
-            f"{CPU_MAX_PARAMS:,}",
-        )
-    return cap
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from hydra_plugins.hydra_submitit_launcher.config import (
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from hydra_plugins.dltips_batched_launcher.batched_launcher import BatchedLauncher, group_caps
+from hydra_plugins.dltips_batched_launcher.batched_launcher import BatchedLauncher
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class BatchedSubmititLauncher(BaseSubmititLauncher):
         """The indices of the jobs in each group: equal group keys (dltips.group), capped
         by max_members or by what fits in the nodes. Each job's config is checked where it
         trains: one that fails there trains alone, and its group's other jobs together."""
-        from dltips.group import group_jobs, group_key
+        from dltips.group import group_caps, group_jobs, group_key
 
         keys, cfgs = [], {}
         for overrides, num in zip(job_overrides, numbers):
