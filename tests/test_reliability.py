@@ -8,6 +8,7 @@ import random
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -85,24 +86,31 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, signum):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_only_loadable_checkpoints(tmp_path):
-    run_dir = tmp_path / "run"
-    last = run_dir / "checkpoints" / "last.pt"
+    # a batched group of two: each epoch's checkpoints are written by a thread while the
+    # next epoch trains (dltips.run_state.Run.save), several times a second
+    sweep_dir = tmp_path / "sweep"
+    ckpts = [sweep_dir / j / "checkpoints" for j in "01"]
     overrides = [*FAST_EPOCHS, "trainer.max_epochs=10000"]  # never ends on its own
+    command = ["-m", "hydra/launcher=batched", "seed=0,1", *overrides]
     moments = random.Random(0)
-    for _ in range(3):
-        before = last.stat().st_mtime_ns if last.exists() else 0
-        proc = start_training(run_dir, *overrides, *([f"trainer.resume={run_dir}"] * bool(before)))
-        deadline = time.monotonic() + 60  # wait until this process is training and saving
-        while (
-            not last.exists() or last.stat().st_mtime_ns == before
-        ) and time.monotonic() < deadline:
-            time.sleep(0.01)
+
+    def saved() -> int:  # when a member's last.pt was last written
+        return max((p.stat().st_mtime_ns for c in ckpts for p in c.glob("last.pt")), default=0)
+
+    for _ in range(2):  # a new sweep, then a resumed one
+        before = saved()
+        again = [f"sweep.resume={sweep_dir}"] if before else [f"hydra.sweep.dir={sweep_dir}"]
+        proc = start_script("train.py", *command, *again, cwd=tmp_path)
+        # wait until this process is training and saving (members killed at different
+        # epochs resume as groups of their own, one after the other)
+        wait_for(lambda b=before: saved() != b, what="a save")
         time.sleep(moments.uniform(0, 0.6))  # several epochs, and their checkpoints, a second
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        for ckpt in (run_dir / "checkpoints").glob("*.pt"):
-            load_checkpoint(ckpt)  # raises if truncated
-    end = load_checkpoint(last)["epoch"] + 2
+        for path in [*ckpts[0].glob("*.pt"), *ckpts[1].glob("*.pt")]:
+            load_checkpoint(path)  # raises if truncated
+    run_dir = sweep_dir / "0"  # a member's checkpoint continues alone
+    end = load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] + 2
     final = train(
         make_cfg(*FAST_EPOCHS, f"trainer.max_epochs={end}", f"trainer.resume={run_dir}"),
         tmp_path / "x",
@@ -158,7 +166,7 @@ def test_write_failure_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
     real_save = torch.save
 
     def save_until_disk_full(obj, f):
-        calls.append(1)
+        calls.append((threading.current_thread().name, obj["epoch"]))
         if len(calls) > 2:  # epoch 0, epoch 1 (best.pt a link to it), then full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(obj, f)
@@ -167,6 +175,10 @@ def test_write_failure_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
     with pytest.raises(OutputError, match="No space left on device") as err:
         train(make_cfg("trainer.max_epochs=5"), tmp_path)
     assert "trainer.resume=" in str(err.value)
+    # epoch 0 before training; each epoch after by a thread while the next trains, whose
+    # end reports the failed write: nothing is written after it
+    writer = "dltips-checkpoints_0"
+    assert calls == [("MainThread", 0), (writer, 1), (writer, 2)]
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))

@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +67,10 @@ SAME_IN_GROUP = {"same_in_group": True}
 
 
 def detached_copy(obj: Any) -> Any:
-    """`obj` with every tensor cloned and every dict and list copied: a run's state as it
-    is now, unchanged by the training that goes on."""
+    """`obj` with every tensor copied to the CPU and every dict and list copied: a run's
+    state as it is now, unchanged by the training that goes on, for a thread to write."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: detached_copy(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -140,6 +141,8 @@ class Run:
         # (copies) that are not on disk yet; the next save, the end or a stop writes them
         self.unsaved: dict[str, Any] | None = None
         self.unsaved_best: dict[str, Any] | None = None
+        self.writes: Executor | None = None  # the group's checkpoint writer (see `opened`)
+        self.writing: Future | None = None  # this run's save in progress
         self.result: dict[str, Any] = {}
         self.optimizer: MemberOptimizer | None = None  # the group's; this run is `index`
         self.index = 0  # its row in the group's stacked weights
@@ -229,24 +232,24 @@ class Run:
     def state(self, epoch: int) -> dict[str, Any]:
         """Everything a resumed run needs: tensors and plain values only."""
         rng = rng_state(self.shuffle, self.device)
-        model = self.model.state_dict()
         if self.batched:  # a batched run draws dropout masks from its own stream
             rng["dropout"] = self.dropout_rng.get_state()
-            # its weights are views of the group's stacked tensors, which torch.save would
-            # write whole: copies hold just this run's
-            model = {k: v.clone() for k, v in model.items()}
-        return {
-            "epoch": epoch,
-            "model": model,
-            "optimizer": self.optimizer.member_state(self.index),
-            "early_stopping": self.stopper.state_dict(),
-            "history": self.history,
-            "epoch_seconds": self.train_seconds,
-            "wall_seconds": self.earlier_wall_seconds + time.perf_counter() - self.started,
-            "rng": rng,
-            "config": self.config,
-            "resumed_with": self.resumed_with,
-        }
+        # copies: training goes on while a thread writes them; a batched run's weights are
+        # views of the group's stacked tensors, which torch.save would write whole
+        return detached_copy(
+            {
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.member_state(self.index),
+                "early_stopping": self.stopper.state_dict(),
+                "history": self.history,
+                "epoch_seconds": self.train_seconds,
+                "wall_seconds": self.earlier_wall_seconds + time.perf_counter() - self.started,
+                "rng": rng,
+                "config": self.config,
+                "resumed_with": self.resumed_with,
+            }
+        )
 
     def end_epoch(
         self,
@@ -300,7 +303,7 @@ class Run:
         if epoch % every == 0 or epoch >= max_epochs or self.stopper.should_stop:
             self.save(self.state(epoch), improved)
         else:  # kept until the next save; a stop, the run's end or the next due epoch writes it
-            self.unsaved = detached_copy(self.state(epoch))
+            self.unsaved = self.state(epoch)
             if improved:
                 self.unsaved_best = self.unsaved
 
@@ -328,22 +331,40 @@ class Run:
 
     def save(self, state: dict[str, Any], improved: bool) -> None:
         """Write `state` as last.pt, and best.pt: a hard link to it (or a copy) when its epoch
-        improved, else the best epoch's state kept since the last save, if any."""
+        improved, else the best epoch's state kept since the last save, if any.
+
+        A thread writes them while the next epoch trains; a run's writes go in order, one
+        at a time, and a failed one shows at its next save or at its end (`wait`).
+        """
+        self.wait()
+        best = self.unsaved_best if self.unsaved_best is not None and not improved else None
+        self.writing = self.writes.submit(self._write, state, improved, best)
+        self.unsaved = self.unsaved_best = None
+
+    def _write(self, state: dict[str, Any], improved: bool, best: dict[str, Any] | None) -> None:
+        if best is not None:
+            atomic_save(best, self.ckpt_dir / "best.pt")
+        also = self.ckpt_dir / "best.pt" if improved else None
+        atomic_save(state, self.ckpt_dir / "last.pt", also=also)
+
+    def wait(self) -> None:
+        """Return once this run's last save is on disk; raise its error, if it failed."""
+        writing, self.writing = self.writing, None
+        if writing is None:
+            return
         try:
-            if self.unsaved_best is not None and not improved:
-                atomic_save(self.unsaved_best, self.ckpt_dir / "best.pt")
-            best = self.ckpt_dir / "best.pt" if improved else None
-            atomic_save(state, self.ckpt_dir / "last.pt", also=best)
+            writing.result()
         except OutputError as err:
             raise OutputError(
                 f"{err}\n  Free space, then continue with {self.resume_hint}"
             ) from err
-        self.unsaved = self.unsaved_best = None
 
     def flush(self) -> None:
-        """Write the epochs that trainer.checkpoint_every kept in memory (a stop, the end)."""
+        """Write the epochs that trainer.checkpoint_every kept in memory, and wait until every
+        save is on disk (a stop, the end)."""
         if self.unsaved is not None:
             self.save(self.unsaved, improved=self.unsaved is self.unsaved_best)
+        self.wait()
 
     def finish(self) -> None:
         """Freeze the run and write its final metrics: the reported weights, evaluated in
@@ -410,16 +431,19 @@ class Run:
 
 @contextmanager
 def opened(runs: list[Run]) -> Iterator[None]:
-    """Open the outputs of every run that will train; close their TensorBoard writers."""
+    """Open the outputs of every run that will train, with a thread that writes their
+    checkpoints; at the end, close their TensorBoard writers and finish every write."""
     active = [run for run in runs if run.active]
-    try:
-        for run in active:
-            run.open()
-        yield
-    finally:
-        for run in active:
-            if hasattr(run, "writer"):
-                run.writer.close()
+    with ThreadPoolExecutor(1, thread_name_prefix="dltips-checkpoints") as writes:
+        try:
+            for run in active:
+                run.writes = writes
+                run.open()
+            yield
+        finally:
+            for run in active:
+                if hasattr(run, "writer"):
+                    run.writer.close()
 
 
 def _json_safe(value: Any) -> Any:
