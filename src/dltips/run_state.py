@@ -234,22 +234,21 @@ class Run:
         rng = rng_state(self.shuffle, self.device)
         if self.batched:  # a batched run draws dropout masks from its own stream
             rng["dropout"] = self.dropout_rng.get_state()
-        # copies: training goes on while a thread writes them; a batched run's weights are
-        # views of the group's stacked tensors, which torch.save would write whole
-        return detached_copy(
-            {
-                "epoch": epoch,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.member_state(self.index),
-                "early_stopping": self.stopper.state_dict(),
-                "history": self.history,
-                "epoch_seconds": self.train_seconds,
-                "wall_seconds": self.earlier_wall_seconds + time.perf_counter() - self.started,
-                "rng": rng,
-                "config": self.config,
-                "resumed_with": self.resumed_with,
-            }
-        )
+        # copies of what training goes on changing, since a thread writes them meanwhile; a
+        # batched run's weights are views of the group's stacked tensors, which torch.save
+        # would write whole. An epoch's history entry and the config never change.
+        return {
+            "epoch": epoch,
+            "model": detached_copy(self.model.state_dict()),
+            "optimizer": detached_copy(self.optimizer.member_state(self.index)),
+            "early_stopping": self.stopper.state_dict(),
+            "history": list(self.history),
+            "epoch_seconds": list(self.train_seconds),
+            "wall_seconds": self.earlier_wall_seconds + time.perf_counter() - self.started,
+            "rng": rng,
+            "config": self.config,
+            "resumed_with": self.resumed_with,
+        }
 
     def end_epoch(
         self,
@@ -342,6 +341,8 @@ class Run:
         self.unsaved = self.unsaved_best = None
 
     def _write(self, state: dict[str, Any], improved: bool, best: dict[str, Any] | None) -> None:
+        # the epochs' TensorBoard events first: resuming from last.pt drops those after it
+        self.writer.flush()
         if best is not None:
             atomic_save(best, self.ckpt_dir / "best.pt")
         also = self.ckpt_dir / "best.pt" if improved else None
@@ -434,16 +435,17 @@ def opened(runs: list[Run]) -> Iterator[None]:
     """Open the outputs of every run that will train, with a thread that writes their
     checkpoints; at the end, close their TensorBoard writers and finish every write."""
     active = [run for run in runs if run.active]
-    with ThreadPoolExecutor(1, thread_name_prefix="dltips-checkpoints") as writes:
-        try:
-            for run in active:
-                run.writes = writes
-                run.open()
-            yield
-        finally:
-            for run in active:
-                if hasattr(run, "writer"):
-                    run.writer.close()
+    writes = ThreadPoolExecutor(1, thread_name_prefix="dltips-checkpoints")
+    try:
+        for run in active:
+            run.writes = writes
+            run.open()
+        yield
+    finally:
+        writes.shutdown()  # every write done (they flush the TensorBoard writers first)
+        for run in active:
+            if hasattr(run, "writer"):
+                run.writer.close()
 
 
 def _json_safe(value: Any) -> Any:

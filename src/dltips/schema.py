@@ -298,8 +298,9 @@ class TrainerConf:
         1,
         "write `checkpoints/last.pt` (and `best.pt`) every N epochs, always at the end and on "
         "Ctrl-C or SIGTERM; the epochs between are kept in memory, so results are the same. Only a"
-        " crash or SIGKILL then loses up to N - 1 epochs. Saving is about a tenth of a small "
-        "network's epoch (see Batched sweeps)",
+        " crash or SIGKILL then loses up to N - 1 epochs. TensorBoard's events are flushed with "
+        "each save (and every 2 minutes). Saving is about a tenth of a small network's epoch "
+        "(see Batched sweeps)",
         resumable=True,
     )
     flush_denormal: bool = meta(

@@ -166,7 +166,8 @@ def wait_to_sort_after(folder: Path) -> None:
 
 def log_epoch(writer: SummaryWriter, epoch: int, scalars: dict[str, float]) -> None:
     """One point per tag at step `epoch` (train/loss, val/acc, train/lr...); a gradient norm
-    `grad_norm/<layer>` is written as its log10, `weight_grad_norm_log10/<layer>`."""
+    `grad_norm/<layer>` is written as its log10, `weight_grad_norm_log10/<layer>`. The
+    writer's thread writes them; a checkpoint's save flushes them (dltips.run_state)."""
     for tag, value in scalars.items():
         if tag == "epoch":
             continue
@@ -175,7 +176,6 @@ def log_epoch(writer: SummaryWriter, epoch: int, scalars: dict[str, float]) -> N
                 continue
             tag, value = GRAD_NORM + tag.removeprefix("grad_norm/"), math.log10(value)
         writer.add_scalar(tag, value, epoch)
-    writer.flush()
 
 
 def _short(target: str) -> str:
