@@ -336,7 +336,7 @@ class Run:
         at a time, and a failed one shows at its next save or at its end (`wait`).
         """
         self.wait()
-        best = self.unsaved_best if self.unsaved_best is not None and not improved else None
+        best = None if improved else self.unsaved_best  # an earlier best, not linked
         self.writing = self.writes.submit(self._write, state, improved, best)
         self.unsaved = self.unsaved_best = None
 
