@@ -43,9 +43,10 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("error: no CUDA GPU here; run this on a machine with one.")
     gpu = torch.cuda.get_device_name()
-    tests_rc, tests = run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"]
-    )
+    # one process, without pyproject's addopts: its -n auto needs pytest-xdist, and the
+    # GPU tests should not share the GPU with each other
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
+    tests_rc, tests = run([*pytest, "tests/test_gpu.py"])
     bench_rc, single = bench("--device", "cuda", "--epochs", "3")
     # the group: 128 members on 60,000 images (600 steps an epoch), each epoch one
     # CUDA graph; its log lines time the epochs with their outputs, its metrics the replays

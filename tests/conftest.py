@@ -34,6 +34,14 @@ TINY = ["model.width=64", "trainer.max_epochs=3", "trainer.device=cpu"]
 # scripts run in a subprocess see no GPU: CPU results, and no CUDA start-up per process
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 
+# `pytest` runs the tests in one worker process per core (pytest-xdist's `-n auto`, set in
+# pyproject.toml): each worker, and each script it starts, gets its share of the cores.
+# With torch's default of a thread per core in every worker, the suite ran 3 times slower.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def data_root(tmp_path_factory) -> Path:

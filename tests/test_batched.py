@@ -33,13 +33,14 @@ OPTIMS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 
 
 @pytest.fixture(autouse=True)
-def two_threads():
-    """Every host computes these comparisons as CI's 2 cores do. torch's thread count
-    changes the rounding of a matrix product, and over epochs a 1e-7 difference can grow:
-    with 16 threads, the nesterov run below alone differs from itself with 2 threads by
-    8e-4 at epoch 3, while its group matches the 2-thread run to 1e-6 (2026-11-27)."""
+def one_thread():
+    """Every host computes these comparisons with one thread, as each of CI's two test
+    workers does. torch's thread count changes the rounding of a matrix product, and over
+    epochs a 1e-7 difference can grow: with 16 threads, the nesterov run below alone
+    differs from itself with 2 threads by 8e-4 at epoch 3, while its group matches the
+    2-thread run to 1e-6 (2026-11-27)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 

@@ -4,13 +4,12 @@ batched job start before it trains and end with its result."""
 
 import json
 import math
-import os
 
 import pytest
 from hydra import version
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
-from conftest import ROOT, run_script
+from conftest import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -49,14 +48,9 @@ class TestBatchedLauncherIntegration(IntegrationTestSuite):
 
 
 @pytest.mark.slow
-def test_a_user_callback_sees_each_batched_job_start_before_training_and_end_after(
-    tmp_path, monkeypatch
-):
+def test_a_user_callback_sees_each_batched_job_start_before_training_and_end_after(tmp_path):
     record = tmp_path / "callback.jsonl"
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
-    )
-    result = run_script(
+    result = run_cli(
         "train.py",
         "-m",
         "hydra/launcher=batched",

@@ -12,7 +12,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import TINY_CLI, file_digests, run_cli, run_script, start_script, wait_for
+from conftest import TINY_CLI, file_digests, run_cli, start_script, wait_for
 from dltips.optuna_plots import plot_history
 from dltips.sweep import threads_per_job
 from hydra_plugins.dltips_optuna_sweeper._search_space import search_space
@@ -211,7 +211,7 @@ def test_interrupted_search_continues_its_trial_in_place(tmp_path):
     assert [t.state for t in load(sweep_dir).trials] == [TrialState.COMPLETE, TrialState.RUNNING]
     done = file_digests(sweep_dir / "0")
 
-    result = run_script(
+    result = run_cli(
         *command, "hydra.sweeper.n_trials=4", f"sweep.resume={sweep_dir}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

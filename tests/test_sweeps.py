@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY_CLI, make_cfg, run_cli, run_script
+from conftest import TINY_CLI, make_cfg, run_cli, run_script
 from dltips.runs import summarize
 from dltips.sweep import threads_per_job
 from dltips.train import train
@@ -109,11 +109,7 @@ def test_summarize_script_reads_an_unfinished_sweep(tmp_path):
 @pytest.mark.slow
 def test_plot_script_writes_curves_and_one_plot_per_swept_key(tmp_path):
     sweep_dir = sweep(tmp_path, "model=sigmoid,relu", "optim=sgd,adam")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "plot.py"), str(sweep_dir)],
-        capture_output=True,
-        text=True,
-    )
+    result = run_cli("plot.py", str(sweep_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in ("curves.png", "model.png", "optim.png"):
         png = sweep_dir / name

@@ -18,8 +18,8 @@ SHORT = ["data=mnist_5k", "data.train_size=null", "trainer.early_stopping.restor
     [
         (0, 10, False),  # sigmoid + mean squared error: stuck near chance
         (1, 25, True),  # cross-entropy: leaves the plateau
-        (3, 5, False),  # 13 sigmoid layers: vanishing gradients, near chance
-        (4, 10, True),  # 13 ReLU layers: learns
+        (3, 3, False),  # 13 sigmoid layers: vanishing gradients, near chance
+        (4, 6, True),  # 13 ReLU layers: learns (val/acc 0.47 at epoch 5 on the CPU)
     ],
 )
 @pytest.mark.slow
@@ -95,7 +95,7 @@ def test_report_writes_markdown_tables_and_plots_from_a_tiny_sweep(tmp_path):
 # each preset of the lecture's last tips, narrowed to a few runs of one short epoch
 LAST_TIPS = {
     "bagging": ["seed=0,1,2,3", "model.dropout=0,0.3", "data.train_size=1000"],
-    "dropout_ensemble": ["seed=0,1", "data.train_size=1000"],
+    "dropout_ensemble": ["model=relu", "seed=0,1", "data.train_size=1000"],
     "deep_vs_wide": [
         "model=relu",
         "model.params=100000",
@@ -132,7 +132,7 @@ def test_the_last_tips_presets_run_and_their_report_sections_are_written(tmp_pat
         assert len(list((runs / name).glob("*/metrics.json"))) >= 2, name
     out = tmp_path / "page.md"
     sections = ["bagging", "dropout_ensemble", "deep_vs_wide", "small_data"]
-    with mock.patch.object(report_tips, "MC_SAMPLES", (1, 100)):  # 8 evaluations, not 28
+    with mock.patch.object(report_tips, "MC_SAMPLES", (1, 100)):  # 4 evaluations, not 14
         result = run_cli(
             "report.py",
             *sections,
