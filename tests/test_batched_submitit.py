@@ -4,6 +4,7 @@ hydra/launcher=batched, and a preempted group requeued to the uninterrupted resu
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -157,7 +158,11 @@ def test_a_group_preempted_mid_epoch_is_requeued_and_ends_as_if_never_stopped(tm
         # submitit has it ask for: SIGUSR2 to the job's steps
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
         wait_for(lambda: job_state(job_id) == "PENDING", 60, "the requeued job")
-        # SLURM holds a requeued job for two minutes (its begin time): start it now
+        # SLURM holds a requeued job for two minutes (its begin time): start it now, but in a
+        # later second than its first run was killed in. slurmd refuses to launch a job in
+        # that second ("Job credential revoked": CI hit it once), and submitit then waits
+        # for a result that never comes
+        time.sleep(1.05 - time.time() % 1)
         subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
         out, _ = proc.communicate(timeout=180)
     finally:  # a failure leaves no job behind
