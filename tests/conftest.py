@@ -23,6 +23,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 import dltips.task
+from dltips.sweep import threads_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -37,11 +38,11 @@ CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 # `pytest` runs the tests in one worker process per core (pytest-xdist's `-n auto`, set in
 # pyproject.toml): each worker, and each script it starts, gets its share of the cores.
 # With torch's default of a thread per core in every worker, the suite ran over 4 times slower.
-WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if WORKERS > 1:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // WORKERS))
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# The share is what a parallel sweep's jobs get (dltips.sweep.threads_per_job).
+THREADS = threads_per_job(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 0)))
+if THREADS:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session", autouse=True)
